@@ -1,0 +1,297 @@
+"""The connection actor: the terminal's one owner.
+
+Every terminal call in the process comes here as a request on a bounded
+channel and runs on the terminal thread, behind the circuit breaker and a
+timeout. The actor (re)connects when needed, selects the streamed symbols,
+counts failures, and turns every state change into one log line and one
+``StateChange`` for the health actor (which publishes it on NATS).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from actors.breaker import BreakerPolicy
+from actors.gate import Gate
+from daemon.terminal.api import TerminalApi
+from daemon.terminal.thread import TerminalThread
+from schemas.errors import (
+    MT5AuthError,
+    MT5ConnectionError,
+    MT5Error,
+    MT5InitError,
+    MT5TimeoutError,
+    MT5ValidationError,
+)
+
+__all__ = ["Connection", "ConnStatus", "StateChange", "Credentials", "AuthGaveUp"]
+
+log = logging.getLogger("mt5d.connection")
+T = TypeVar("T")
+
+
+class ConnStatus(msgspec.Struct, frozen=True):
+    connected: bool
+    auth_ok: bool | None
+    breaker: str
+    wedged: bool
+    last_error: str
+    generation: int
+    retry_after: float | None = None
+
+
+class StateChange(msgspec.Struct, frozen=True):
+    """One state change, for the health actor to publish."""
+
+    event: str
+    detail: str = ""
+
+
+class AuthGaveUp(Exception):
+    """Authentication kept failing past its retries: exit with its own code."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    login: int
+    password: Any  # daemon.secrets.Secret or None; revealed only on the terminal thread
+    server: str
+    path: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(login={self.login}, server={self.server!r}, password=<hidden>)"
+
+
+@dataclass
+class _Request:
+    fn: Callable[[TerminalApi], Any] | None  # None: forced reconnect
+    timeout: float | None
+    reply: MemoryObjectSendStream
+
+
+class Connection:
+    """Owns the terminal thread, the breaker and the connect sequence."""
+
+    def __init__(
+        self,
+        *,
+        module: Any,
+        credentials: Credentials,
+        symbols: tuple[str, ...],
+        policy: BreakerPolicy,
+        connection_timeout: float,
+        operation_timeout: float,
+        events: MemoryObjectSendStream[StateChange],
+        thread: TerminalThread | None = None,
+        max_auth_failures: int = 3,
+        rand: Callable[[], float] = random.random,
+        queue_size: int = 64,
+    ) -> None:
+        self._api = TerminalApi(module)
+        self._module = module
+        self._creds = credentials
+        self._symbols = symbols
+        self._gate = Gate(policy, rand)
+        self._connection_timeout = connection_timeout
+        self._operation_timeout = operation_timeout
+        self._events = events
+        self.thread = thread or TerminalThread()
+        self._max_auth_failures = max_auth_failures
+        self._send, self._recv = anyio.create_memory_object_stream[_Request](queue_size)
+        self.login = credentials.login
+        self.selected: tuple[str, ...] = ()
+        self.unknown: set[str] = set()
+        self._connected = False
+        self._auth_ok: bool | None = None
+        self._auth_failures = 0
+        self._generation = 0
+        self._last_error = ""
+        self._was_wedged = False
+
+    # ---- the handle other actors use ---------------------------------
+    async def run_call(self, fn: Callable[[TerminalApi], T], *, timeout: float | None = None) -> T:
+        """Run ``fn(api)`` on the terminal thread (one hop; many calls allowed)."""
+        reply_send, reply_recv = anyio.create_memory_object_stream[tuple](1)
+        async with reply_recv:
+            await self._send.send(_Request(fn, timeout, reply_send))
+            result, error = await reply_recv.receive()
+        if error is not None:
+            raise error
+        return result
+
+    async def reconnect(self) -> None:
+        """Forced reconnect (an operator action): shutdown, then connect again."""
+        await self.run_call(None)  # type: ignore[arg-type]
+
+    def status(self) -> ConnStatus:
+        kind, retry_after = self._gate.describe(anyio.current_time())
+        return ConnStatus(
+            connected=self._connected,
+            auth_ok=self._auth_ok,
+            breaker=kind,
+            wedged=self.thread.wedged,
+            last_error=self._last_error,
+            generation=self._generation,
+            retry_after=retry_after,
+        )
+
+    # ---- the actor ------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        self.thread.start()
+        if not self._connected:
+            try:
+                await self._guarded(None, None, first=True)
+            except MT5Error:
+                pass  # recorded; the breaker state is known, so we are "up"
+        task_status.started()
+        async for req in self._recv:
+            try:
+                outcome = (await self._guarded(req.fn, req.timeout), None)
+            except MT5Error as err:
+                outcome = (None, err)
+            try:
+                req.reply.send_nowait(outcome)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # the requester gave up (cancelled); nothing to do
+            finally:
+                req.reply.close()
+
+    async def _guarded(self, fn, timeout, *, first: bool = False) -> Any:
+        now = anyio.current_time()
+        before = self._gate.kind
+        if fn is None and not first:
+            self._gate.force_close(now)  # an operator's forced reconnect tries now
+        try:
+            self._gate.request(now)  # raises MT5CircuitBreakerOpen
+        finally:
+            self._note_breaker(before)
+        before = self._gate.kind
+        try:
+            if fn is None and not first:
+                await self._disconnect("reconnect requested")
+            if not self._connected:
+                await self._connect()
+            if fn is None:
+                result = None
+            else:
+                result = await self._call(lambda: fn(self._api), timeout or self._operation_timeout)
+        except MT5Error as err:
+            self._on_error(err, anyio.current_time())
+            self._note_breaker(before)
+            raise
+        self._gate.success(anyio.current_time())
+        self._note_breaker(before)
+        return result
+
+    async def _call(self, fn: Callable[[], T], timeout: float) -> T:
+        try:
+            return await self.thread.call(fn, timeout)
+        finally:
+            wedged = self.thread.wedged
+            if wedged != self._was_wedged:
+                self._was_wedged = wedged
+                if wedged:
+                    self._change("wedged", "a terminal call did not return in time; the terminal thread is stuck",
+                                 level=logging.ERROR)
+                else:
+                    self._change("unwedged", "the stuck terminal call returned")
+
+    async def _connect(self) -> None:
+        creds, symbols = self._creds, self._symbols
+        password = creds.password.reveal() if creds.password is not None else None
+
+        def connect(api: TerminalApi):
+            api.initialize(path=creds.path or None, login=creds.login or None, password=password,
+                           server=creds.server or None, timeout_ms=int(self._connection_timeout * 1000))
+            info = api.terminal_info()
+            if not info.connected:
+                raise MT5ConnectionError("terminal is not connected to the broker", -10004)
+            account = api.account_info()
+            selected, unknown = [], []
+            for symbol in symbols:
+                try:
+                    api.symbol_select(symbol, True)
+                    selected.append(symbol)
+                except MT5ValidationError:
+                    unknown.append(symbol)
+            return account.login, tuple(selected), unknown
+
+        log.info("connecting", extra={"login": creds.login, "server": creds.server, "path": creds.path or None})
+        # The whole sequence gets the connection timeout (plus the symbol selection).
+        login, selected, unknown = await self._call(lambda: connect(self._api), self._connection_timeout)
+        self._connected, self.selected = True, selected
+        self._generation += 1
+        if self._auth_ok is not True:
+            self._change("auth_ok", f"logged in as {login}")
+        self._auth_ok, self._auth_failures = True, 0
+        self._change("connected", f"connected to the terminal ({len(selected)} symbols selected)")
+        for symbol in unknown:
+            if symbol not in self.unknown:
+                self.unknown.add(symbol)
+                self._change("symbol_unknown", f"symbol {symbol!r} is not offered by the terminal; not streamed",
+                             level=logging.ERROR)
+
+    async def _disconnect(self, why: str) -> None:
+        if self._connected:
+            self._connected = False
+            self._change("disconnected", why, level=logging.WARNING)
+        try:
+            await self.thread.call(self._module.shutdown, self._operation_timeout)
+        except MT5Error:
+            pass
+
+    def _on_error(self, err: MT5Error, now: float) -> None:
+        self._last_error = f"{type(err).__name__}: {err.message}"
+        if isinstance(err, MT5AuthError):
+            self._auth_ok = False
+            self._auth_failures += 1
+            self._connected = False
+            self._gate.auth_failure(now)
+            log.error("authentication failed", extra={"login": self._creds.login, "server": self._creds.server,
+                                                     "attempt": self._auth_failures, "code": err.code})
+            self._change("auth_failed", err.message, log_it=False)
+            if self._auth_failures >= self._max_auth_failures:
+                raise AuthGaveUp(f"authentication failed {self._auth_failures} times")
+            return
+        if not err.counts_as_failure:
+            # The terminal answered (a caller's mistake): that is not a failure.
+            self._gate.success(now)
+            return
+        if isinstance(err, (MT5ConnectionError, MT5InitError, MT5TimeoutError)) and self._connected:
+            self._connected = False
+            self._change("disconnected", err.message, level=logging.WARNING)
+        log.warning("terminal call failed", extra={"error": type(err).__name__, "code": err.code,
+                                                   "detail": err.message})
+        self._gate.failure(now)
+
+    def _note_breaker(self, before: str) -> None:
+        after = self._gate.kind
+        if after != before:
+            level = logging.WARNING if after != "closed" else logging.INFO
+            self._change(f"breaker_{after}", f"circuit breaker {before} -> {after}", level=level)
+
+    def _change(self, event: str, detail: str, *, level: int = logging.INFO, log_it: bool = True) -> None:
+        if log_it:
+            log.log(level, event, extra={"detail": detail})
+        try:
+            self._events.send_nowait(StateChange(event, detail))
+        except anyio.WouldBlock:
+            log.warning("health event queue full; state change not published", extra={"event": event})
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+
+def probe(api: TerminalApi) -> Any:
+    """The health probe: one cheap call that also checks the broker link."""
+    info = api.terminal_info()
+    if not info.connected:
+        raise MT5ConnectionError("terminal lost its broker connection", -10004)
+    return info

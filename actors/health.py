@@ -1,0 +1,127 @@
+"""The health actor: a periodic probe, state changes as they happen, and the watchdog.
+
+It publishes one health event per probe interval and one per state change of
+the connection actor, and feeds the systemd watchdog only while the actors
+are alive and no terminal call is wedged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from actors.connection import Connection, StateChange, probe
+from schemas.errors import MT5Error
+from schemas.market import HealthEvent
+
+__all__ = ["Health"]
+
+log = logging.getLogger("mt5d.health")
+
+
+class Health:
+    def __init__(
+        self,
+        *,
+        conn: Connection,
+        account: str,
+        changes: MemoryObjectReceiveStream[StateChange],
+        out: MemoryObjectSendStream[HealthEvent],
+        interval: float,
+        stale_after: float,
+        last_tick_at: Callable[[], float | None],
+        alive: Callable[[], bool] = lambda: True,
+        notifier=None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._conn = conn
+        self._account = account
+        self._changes = changes
+        self._out = out
+        self._interval = interval
+        self._stale_after = stale_after
+        self._last_tick_at = last_tick_at
+        self._alive = alive
+        self._notifier = notifier
+        self._wall = wall_clock
+        self._started_at = 0.0
+        self._latency_ms: float | None = None
+        self._probe_ok = False
+        self._status_line = ""
+        self.last: HealthEvent | None = None
+
+    async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        self._started_at = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._forward_changes)
+            task_status.started()
+            while True:
+                await self.probe()
+                await anyio.sleep(self._interval)
+
+    async def probe(self) -> HealthEvent:
+        """A fresh probe: one terminal round trip, timed."""
+        t0 = anyio.current_time()
+        try:
+            await self._conn.run_call(probe, timeout=max(self._interval, 1.0))
+            self._latency_ms, self._probe_ok = round((anyio.current_time() - t0) * 1000, 3), True
+        except MT5Error:
+            self._latency_ms, self._probe_ok = None, False
+        event = self._event("probe", "")
+        self._emit(event)
+        self._feed_watchdog(event)
+        return event
+
+    def _event(self, kind: str, detail: str) -> HealthEvent:
+        st = self._conn.status()
+        now = anyio.current_time()
+        last_tick = self._last_tick_at()
+        reference = last_tick if last_tick is not None else self._started_at
+        connection_ok = st.connected and self._probe_ok and not st.wedged
+        return HealthEvent(
+            account=self._account,
+            time_utc_ms=int(self._wall() * 1000),
+            event=kind,
+            detail=detail,
+            connection_ok=connection_ok,
+            auth_ok=st.auth_ok,
+            data_feed_ok=connection_ok and now - reference < self._stale_after,
+            latency_ms=self._latency_ms if connection_ok else None,
+            breaker=st.breaker,
+            wedged=st.wedged,
+        )
+
+    async def _forward_changes(self) -> None:
+        async for change in self._changes:
+            if change.event in ("disconnected", "wedged", "auth_failed") or change.event.startswith("breaker_open"):
+                self._probe_ok = False
+            elif change.event == "connected":
+                self._probe_ok = True
+            self._emit(self._event(change.event, change.detail))
+
+    def _emit(self, event: HealthEvent) -> None:
+        self.last = event
+        try:
+            self._out.send_nowait(event)
+        except anyio.WouldBlock:
+            log.warning("health events are not being published fast enough; one dropped",
+                        extra={"health_event": event.event})
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+    def _feed_watchdog(self, event: HealthEvent) -> None:
+        if self._notifier is None:
+            return
+        line = (f"breaker {event.breaker}, connection {'ok' if event.connection_ok else 'DOWN'}, "
+                f"feed {'ok' if event.data_feed_ok else 'stale'}"
+                + (f", latency {event.latency_ms:.1f} ms" if event.latency_ms is not None else ""))
+        if line != self._status_line:
+            self._status_line = line
+            self._notifier.status(line)
+        if self._alive() and not event.wedged:
+            self._notifier.watchdog()

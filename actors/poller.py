@@ -1,0 +1,243 @@
+"""The poller: every tick exactly once, in order, and every bar at its close.
+
+One terminal-thread hop per cycle covers every symbol: a cheap change check
+(``symbol_info_tick``), then ``copy_ticks_from`` from the cursor's second for
+the symbols that moved, then the bars of the timeframes whose bar may have
+closed. The cycle's result goes to the publisher as one batch. Cursors only
+advance when the batch is handed over; if NATS is down the publisher stops
+taking batches, this send blocks, and the terminal's history is the buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import anyio
+import numpy as np
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+
+from actors.bars import CandleTracker, bar_end, bar_start
+from actors.connection import Connection
+from actors.cursor import TickCursor, new_ticks
+from actors.messages import Batch
+from actors.prices import PriceCache
+from actors.utc import UtcOffset
+from daemon.terminal.api import TerminalApi
+from daemon.terminal.mt5_constants import COPY_TICKS_ALL, RATE_DTYPE, TIMEFRAMES
+from schemas.errors import MT5Error, MT5ValidationError
+from schemas.market import Candle, Tick
+
+__all__ = ["Poller"]
+
+log = logging.getLogger("mt5d.poller")
+
+FETCH_COUNT = 10_000  # ticks per copy_ticks_from; a full fetch is followed by another
+IDLE_AFTER = 1.0  # seconds without a tick before polling at the idle interval
+
+
+class Poller:
+    def __init__(
+        self,
+        *,
+        conn: Connection,
+        timeframes: tuple[str, ...],
+        out: MemoryObjectSendStream[Batch],
+        prices: PriceCache,
+        utc: UtcOffset,
+        poll_interval: float,
+        idle_interval: float,
+        wall_clock: Callable[[], float] = time.time,
+        forming_interval: float = 0.0,
+    ) -> None:
+        self._conn = conn
+        self._timeframes = timeframes
+        self._out = out
+        self._prices = prices
+        self._utc = utc
+        self._poll = poll_interval
+        self._idle = idle_interval
+        self._wall = wall_clock
+        self._forming_interval = forming_interval
+        # Survive actor restarts and reconnects: capture resumes from here.
+        self.cursors: dict[str, TickCursor] = {}
+        self.trackers: dict[tuple[str, str], CandleTracker] = {}
+        self._newest_s: dict[str, int] = {}
+        self._forming_at: dict[tuple[str, str], float] = {}
+        self.last_tick_at: float | None = None  # anyio time of the last new tick
+        self.cycles = 0
+        self.ticks_out = 0
+
+    async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        quiet_since = anyio.current_time()
+        while True:
+            started = anyio.current_time()
+            try:
+                batch = await self.cycle()
+            except MT5Error as err:
+                # The connection actor logged and counted it; the breaker decides when to retry.
+                log.debug("poll cycle failed", extra={"error": type(err).__name__, "detail": err.message})
+                batch = None
+            if batch is not None and (batch.ticks or batch.candles or batch.forming):
+                await self._out.send(batch)
+            if batch is not None and batch.ticks:
+                quiet_since = anyio.current_time()
+                self.last_tick_at = quiet_since
+            interval = self._poll if anyio.current_time() - quiet_since < IDLE_AFTER else self._idle
+            await anyio.sleep_until(started + interval)
+
+    async def cycle(self) -> Batch:
+        """One hop to the terminal for every symbol; returns what is new."""
+        symbols = self._conn.selected
+        cursors = {s: self.cursors.get(s) for s in symbols}
+        wall = self._wall()
+        now_broker_s = int(wall + self._utc.offset_ms / 1000) if self._utc.known else None
+        due = [
+            (key, tr) for key, tr in self.trackers.items()
+            if key[0] in cursors and (now_broker_s is None or tr.due(self._newest_s.get(key[0], 0), now_broker_s))
+        ]
+        new_trackers = [(s, tf) for s in symbols for tf in self._timeframes if (s, tf) not in self.trackers]
+        forming = self._forming_due(symbols) if self._forming_interval else []
+
+        def hop(api: TerminalApi):
+            return _collect(api, cursors, due, new_trackers, forming, now_broker_s)
+
+        ticks_by_symbol, bars, new_bars, forming_bars, bad = await self._conn.run_call(hop)
+        return self._absorb(ticks_by_symbol, bars, new_bars, forming_bars, bad, wall)
+
+    def _forming_due(self, symbols) -> list[tuple[str, str]]:
+        now = anyio.current_time()
+        due = []
+        for key in self.trackers:
+            if key[0] in symbols and now - self._forming_at.get(key, 0.0) >= self._forming_interval:
+                self._forming_at[key] = now
+                due.append(key)
+        return due
+
+    def _absorb(self, ticks_by_symbol, bars, new_bars, forming_bars, bad, wall) -> Batch:
+        batch = Batch()
+        wall_ms = int(wall * 1000)
+        newest_fresh = 0
+        for symbol, (fresh, cursor, is_start) in ticks_by_symbol.items():
+            self.cursors[symbol] = cursor
+            if is_start or not len(fresh):
+                continue
+            newest_fresh = max(newest_fresh, int(fresh["time_msc"][-1]))
+        if newest_fresh:
+            if self._utc.observe(newest_fresh, wall_ms):
+                log.info("broker clock offset", extra={"offset_seconds": self._utc.offset_ms / 1000})
+        off = self._utc.offset_ms
+        for symbol, (fresh, cursor, is_start) in ticks_by_symbol.items():
+            if is_start:
+                self._newest_s[symbol] = cursor.last_msc // 1000
+                if not self._utc.known and cursor.last_msc:
+                    self._utc.observe(cursor.last_msc, wall_ms)
+                continue
+            if not len(fresh):
+                continue
+            out = batch.ticks
+            for t, bid, ask, last, volume, msc, flags, volume_real in fresh.tolist():
+                out.append(Tick(symbol=symbol, time_msc_broker=msc, time_utc_ms=msc - off, bid=bid, ask=ask,
+                                last=last, volume=volume, volume_real=volume_real, flags=flags))
+            self._prices.update(out[-1])
+            self._newest_s[symbol] = cursor.last_msc // 1000
+        now_broker_s = (wall_ms + off) // 1000
+        for (symbol, tf), rates in new_bars.items():
+            if len(rates) >= 2:
+                last_closed, forming = int(rates["time"][-2]), int(rates["time"][-1])
+            elif len(rates) == 1:
+                last_closed, forming = int(rates["time"][-1]) - 1, int(rates["time"][-1])
+            else:
+                last_closed = forming = bar_start(tf, now_broker_s)
+            self.trackers[(symbol, tf)] = CandleTracker(tf, last_closed, bar_end(tf, forming))
+        for (symbol, tf), rates in bars.items():
+            closed = self.trackers[(symbol, tf)].closed(rates, now_broker_s)
+            batch.candles.extend(_candles(symbol, tf, closed, off, True))
+        for (symbol, tf), rates in forming_bars.items():
+            batch.forming.extend(_candles(symbol, tf, rates, off, False))
+        for symbol, message in bad:
+            log.error("symbol fetch refused", extra={"symbol": symbol, "detail": message})
+        self.ticks_out += len(batch.ticks)
+        self.cycles += 1
+        return batch
+
+
+def _candles(symbol: str, tf: str, rates: np.ndarray, off_ms: int, closed: bool) -> list[Candle]:
+    out = []
+    for t, o, h, lo, c, tick_volume, spread, real_volume in rates.tolist():
+        out.append(Candle(symbol=symbol, timeframe=tf, time_broker=t, time_utc_ms=t * 1000 - off_ms,
+                          close_time_utc_ms=bar_end(tf, t) * 1000 - off_ms, open=o, high=h, low=lo, close=c,
+                          tick_volume=tick_volume, spread=spread, real_volume=real_volume, closed=closed))
+    return out
+
+
+def _collect(api: TerminalApi, cursors, due, new_trackers, forming, now_broker_s):
+    """Runs on the terminal thread: every terminal call of one cycle."""
+    ticks: dict[str, tuple[np.ndarray, TickCursor, bool]] = {}
+    bad: list[tuple[str, str]] = []
+    for symbol, cursor in cursors.items():
+        try:
+            latest = api.symbol_info_tick(symbol)
+            if cursor is None:
+                # Start: everything up to the newest tick counts as already published.
+                arr = api.copy_ticks_from(symbol, latest.time_msc // 1000, FETCH_COUNT, COPY_TICKS_ALL)
+                _, start = new_ticks(arr, TickCursor(0, 0))
+                ticks[symbol] = (arr[:0], start if len(arr) else TickCursor(latest.time_msc, 1), True)
+                continue
+            if latest.time_msc == cursor.last_msc:
+                continue  # nothing new (the cheap check)
+            ticks[symbol] = (*_fetch_since(api, symbol, cursor), False)
+        except MT5ValidationError as err:
+            bad.append((symbol, err.message))
+    bars = {}
+    for (symbol, tf), tracker in due:
+        try:
+            count = tracker.fetch_count(now_broker_s) if now_broker_s else 2
+            bars[(symbol, tf)] = api.copy_rates_from_pos(symbol, TIMEFRAMES[tf], 0, count)
+        except MT5ValidationError:
+            bars[(symbol, tf)] = _no_rates()
+    new_bars = {}
+    for symbol, tf in new_trackers:
+        try:
+            new_bars[(symbol, tf)] = api.copy_rates_from_pos(symbol, TIMEFRAMES[tf], 0, 2)
+        except MT5ValidationError:
+            new_bars[(symbol, tf)] = _no_rates()
+    forming_bars = {}
+    for symbol, tf in forming:
+        try:
+            forming_bars[(symbol, tf)] = api.copy_rates_from_pos(symbol, TIMEFRAMES[tf], 0, 1)
+        except MT5ValidationError:
+            pass
+    return ticks, bars, new_bars, forming_bars, bad
+
+
+def _no_rates() -> np.ndarray:
+    return np.empty(0, dtype=RATE_DTYPE)
+
+
+def _fetch_since(api: TerminalApi, symbol: str, cursor: TickCursor) -> tuple[np.ndarray, TickCursor]:
+    """Every tick after ``cursor``; when a fetch returns its full count, fetch on."""
+    chunks = []
+    frm = cursor.from_second
+    while True:
+        arr = api.copy_ticks_from(symbol, frm, FETCH_COUNT, COPY_TICKS_ALL)
+        fresh, cursor = new_ticks(arr, cursor)
+        if len(fresh):
+            chunks.append(fresh)
+        if len(arr) < FETCH_COUNT:
+            break
+        if cursor.from_second == frm:
+            # One second holds more than a full fetch: take that second whole, then go on.
+            arr = api.copy_ticks_range(symbol, frm, frm + 1, COPY_TICKS_ALL)
+            fresh, cursor = new_ticks(arr, cursor)
+            if len(fresh):
+                chunks.append(fresh)
+            frm += 1
+        else:
+            frm = cursor.from_second
+    if not chunks:
+        return arr[:0], cursor
+    return (chunks[0] if len(chunks) == 1 else np.concatenate(chunks)), cursor

@@ -1,0 +1,135 @@
+"""Wiring: build the actors and their channels, run them under the supervisor."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import anyio
+
+from actors.breaker import BreakerPolicy
+from actors.connection import AuthGaveUp, Connection, Credentials, StateChange
+from actors.health import Health
+from actors.messages import Batch
+from actors.poller import Poller
+from actors.prices import PriceCache
+from actors.publisher import Publisher
+from actors.utc import UtcOffset
+from daemon.config import Config, parse_offset
+from daemon.nats_link import connect_nats
+from daemon.supervisor import Supervisor
+from daemon.terminal.backends import open_backend
+from schemas.codec import Codec
+from schemas.market import HealthEvent
+from schemas.subjects import Subjects
+
+__all__ = ["Daemon"]
+
+log = logging.getLogger("mt5d.daemon")
+
+
+@dataclass
+class Daemon:
+    """One daemon: ``await daemon.run()`` until cancelled; pieces exposed for tests and the bench."""
+
+    cfg: Config
+    secrets: dict = field(default_factory=dict)
+    notifier: Any = None
+    wall_clock: Callable[[], float] = time.time
+    module: Any = None  # the terminal (built from config when None)
+    msg_id: bool = False
+
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        if self.module is None:
+            pw = self.secrets.get("MT5_PASSWORD")
+            self.module = open_backend(cfg, clock=self.wall_clock, password=pw.reveal() if pw else None)
+        login = cfg.terminal.login or (10001234 if cfg.terminal.backend == "sim" else 0)
+        self.account = cfg.nats.account or str(login)
+        self.subjects = Subjects(cfg.nats.prefix, self.account)
+        self.codec = Codec(cfg.nats.encoding)
+        self.prices = PriceCache()
+        self.supervisor = Supervisor(max_restarts=cfg.supervisor.max_restarts, window=cfg.supervisor.restart_window,
+                                     fatal=(AuthGaveUp,))
+        self._changes_send, self._changes_recv = anyio.create_memory_object_stream[StateChange](256)
+        self._batches_send, self._batches_recv = anyio.create_memory_object_stream[Batch](cfg.stream.batch_buffer)
+        self._health_send, self._health_recv = anyio.create_memory_object_stream[HealthEvent](64)
+        b = cfg.breaker
+        self.conn = Connection(
+            module=self.module,
+            credentials=Credentials(login=cfg.terminal.login, password=self.secrets.get("MT5_PASSWORD"),
+                                    server=cfg.terminal.server, path=cfg.terminal.path),
+            symbols=cfg.stream.symbols,
+            policy=BreakerPolicy(max_failures=b.max_failures, backoff_base_seconds=b.backoff_base_seconds,
+                                 backoff_max_seconds=b.backoff_max_seconds, jitter=b.jitter),
+            connection_timeout=cfg.terminal.connection_timeout,
+            operation_timeout=cfg.terminal.operation_timeout,
+            events=self._changes_send,
+        )
+        off = cfg.stream.server_utc_offset
+        self.poller = Poller(
+            conn=self.conn, timeframes=cfg.stream.timeframes, out=self._batches_send, prices=self.prices,
+            utc=UtcOffset(None if off == "auto" else parse_offset(off)),
+            poll_interval=cfg.stream.poll_interval, idle_interval=cfg.stream.idle_poll_interval,
+            wall_clock=self.wall_clock, forming_interval=cfg.stream.forming_interval,
+        )
+        self.health = Health(
+            conn=self.conn, account=self.account, changes=self._changes_recv, out=self._health_send,
+            interval=cfg.health.interval, stale_after=cfg.health.stale_after,
+            last_tick_at=lambda: self.poller.last_tick_at, alive=self.supervisor.all_alive,
+            notifier=self.notifier, wall_clock=self.wall_clock,
+        )
+        self.publisher: Publisher | None = None
+        self.nc = None
+
+    async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.cfg
+        holder: dict[str, Publisher] = {}
+
+        async def disconnected() -> None:
+            if "p" in holder:
+                await holder["p"].on_disconnected()
+
+        async def reconnected() -> None:
+            if "p" in holder:
+                await holder["p"].on_reconnected()
+
+        self.nc = await connect_nats(cfg.nats, secrets=self.secrets,
+                                     on_disconnected=disconnected, on_reconnected=reconnected)
+        self.publisher = holder["p"] = Publisher(
+            nc=self.nc, subjects=self.subjects, codec=self.codec, batches=self._batches_recv,
+            health=self._health_recv, msg_id=self.msg_id,
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                sup = self.supervisor
+                await tg.start(sup.child, "connection", self.conn.run)
+                await tg.start(sup.child, "publisher", self.publisher.run)
+                await tg.start(sup.child, "poller", self.poller.run)
+                await tg.start(sup.child, "health", self.health.run)
+                if cfg.rpc.enabled:
+                    from actors.rpc import RpcService
+
+                    self.rpc = RpcService(nc=self.nc, cfg=cfg, account=self.account, conn=self.conn,
+                                          prices=self.prices, health=self.health, codec=self.codec)
+                    await tg.start(sup.child, "rpc", self.rpc.run)
+                st = self.conn.status()
+                log.info("mt5d ready", extra={"account": self.account, "breaker": st.breaker,
+                                              "connected": st.connected, "symbols": list(self.conn.selected)})
+                if self.notifier is not None:
+                    self.notifier.ready(f"streaming {len(self.conn.selected)} symbols for {self.account}")
+                task_status.started()
+        finally:
+            if self.notifier is not None:
+                self.notifier.stopping()
+            self.conn.thread.stop()
+            with anyio.move_on_after(2, shield=True):
+                try:
+                    await self.nc.drain()
+                except Exception:
+                    pass
+            release = getattr(self.module, "release_hangs", None)
+            if release:
+                release()

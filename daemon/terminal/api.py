@@ -1,0 +1,142 @@
+"""The terminal boundary: the one place raw MT5 results become typed errors.
+
+``TerminalApi`` wraps any object with the MetaTrader5 function set (the
+native package, an rpyc bridge's remote module, or the sim) and runs on the
+terminal thread only. A ``None``/``False`` result is read together with
+``last_error()`` right away, on the same thread, and translated once.
+Nothing above this module sees raw codes or ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from schemas.errors import (
+    MT5AuthError,
+    MT5ConnectionError,
+    MT5DataError,
+    MT5Error,
+    MT5InitError,
+    MT5TimeoutError,
+    MT5ValidationError,
+)
+
+__all__ = ["TerminalApi", "translate_error"]
+
+_CONNECTION_CODES = {-10000, -10001, -10002, -10004}
+
+
+def translate_error(code: int, description: str, what: str) -> MT5Error:
+    """Map an MT5 ``last_error()`` pair to the error family.
+
+    The message names the operation and the terminal's own short description
+    (e.g. "IPC timeout"), which carries no credentials; arguments stay out.
+    """
+    text = f"{what} failed: {description} ({code})"
+    if code == -6:
+        return MT5AuthError(f"{what} failed: authorization refused by the broker ({code})", code)
+    if code == -10003:
+        return MT5InitError(text, code)
+    if code in _CONNECTION_CODES:
+        return MT5ConnectionError(text, code)
+    if code == -10005:
+        return MT5TimeoutError(text, code)
+    if code in (-2, -4):
+        return MT5ValidationError(text, code)
+    return MT5ConnectionError(text, code)
+
+
+def _as_int(value: Any) -> int:
+    return int(value.timestamp()) if hasattr(value, "timestamp") else int(value)
+
+
+class TerminalApi:
+    """Typed calls on one MT5 module; every method raises an ``MT5Error`` on failure."""
+
+    def __init__(self, module: Any, *, copy_result=None) -> None:
+        self._mt5 = module
+        # rpyc: turn a remote result into a local one in one round trip.
+        self._copy = copy_result or (lambda value: value)
+
+    def _check(self, result: Any, what: str) -> Any:
+        if result is None or result is False:
+            code, description = self._mt5.last_error()
+            raise translate_error(int(code), str(description), what)
+        return self._copy(result)
+
+    # connection -------------------------------------------------------
+    def initialize(self, *, path: str | None, login: int | None, password: str | None,
+                   server: str | None, timeout_ms: int) -> None:
+        kwargs: dict[str, Any] = {"timeout": timeout_ms}
+        if login:
+            kwargs.update(login=login, password=password or "", server=server or "")
+        if path:
+            self._check(self._mt5.initialize(path, **kwargs), "initialize")
+        else:
+            self._check(self._mt5.initialize(**kwargs), "initialize")
+
+    def login(self, login: int, password: str, server: str, timeout_ms: int) -> None:
+        self._check(self._mt5.login(login, password=password, server=server, timeout=timeout_ms), "login")
+
+    def shutdown(self) -> None:
+        self._mt5.shutdown()
+
+    def terminal_info(self):
+        return self._check(self._mt5.terminal_info(), "terminal_info")
+
+    def account_info(self):
+        return self._check(self._mt5.account_info(), "account_info")
+
+    # symbols ----------------------------------------------------------
+    def symbol_info(self, symbol: str):
+        return self._check(self._mt5.symbol_info(symbol), f"symbol_info({symbol})")
+
+    def symbol_select(self, symbol: str, enable: bool = True) -> None:
+        self._check(self._mt5.symbol_select(symbol, enable), f"symbol_select({symbol})")
+
+    def symbol_info_tick(self, symbol: str):
+        return self._check(self._mt5.symbol_info_tick(symbol), f"symbol_info_tick({symbol})")
+
+    # history ----------------------------------------------------------
+    def copy_ticks_from(self, symbol: str, from_sec: int, count: int, flags: int = -1) -> np.ndarray:
+        arr = self._check(self._mt5.copy_ticks_from(symbol, _as_int(from_sec), count, flags),
+                          f"copy_ticks_from({symbol})")
+        return _checked_ticks(arr, symbol)
+
+    def copy_ticks_range(self, symbol: str, from_sec: int, to_sec: int, flags: int = -1) -> np.ndarray:
+        arr = self._check(self._mt5.copy_ticks_range(symbol, _as_int(from_sec), _as_int(to_sec), flags),
+                          f"copy_ticks_range({symbol})")
+        return _checked_ticks(arr, symbol)
+
+    def copy_rates_from_pos(self, symbol: str, timeframe: int, pos: int, count: int) -> np.ndarray:
+        arr = self._check(self._mt5.copy_rates_from_pos(symbol, timeframe, pos, count),
+                          f"copy_rates_from_pos({symbol})")
+        return _checked_rates(arr, symbol)
+
+    def copy_rates_range(self, symbol: str, timeframe: int, from_sec: int, to_sec: int) -> np.ndarray:
+        arr = self._check(self._mt5.copy_rates_range(symbol, timeframe, _as_int(from_sec), _as_int(to_sec)),
+                          f"copy_rates_range({symbol})")
+        return _checked_rates(arr, symbol)
+
+
+_TICK_FIELDS = ("time", "bid", "ask", "last", "volume", "time_msc", "flags", "volume_real")
+_RATE_FIELDS = ("time", "open", "high", "low", "close", "tick_volume", "spread", "real_volume")
+
+
+def _checked_ticks(arr: Any, symbol: str) -> np.ndarray:
+    if not isinstance(arr, np.ndarray) or arr.dtype.names != _TICK_FIELDS:
+        raise MT5DataError(f"ticks for {symbol}: unexpected result type", 0)
+    if len(arr) and (np.isnan(arr["bid"]).any() or np.isnan(arr["ask"]).any()):
+        raise MT5DataError(f"ticks for {symbol}: NaN prices", 0)
+    return arr
+
+
+def _checked_rates(arr: Any, symbol: str) -> np.ndarray:
+    if not isinstance(arr, np.ndarray) or arr.dtype.names != _RATE_FIELDS:
+        raise MT5DataError(f"bars for {symbol}: unexpected result type", 0)
+    if len(arr) and not math.isfinite(float(arr["close"][-1])):
+        raise MT5DataError(f"bars for {symbol}: NaN prices", 0)
+    return arr

@@ -1,0 +1,134 @@
+"""Terminal backends: build the object with the MetaTrader5 function set.
+
+All three look the same to the connection actor: ``native`` is the real
+package, ``rpyc`` a bridge to a real terminal on Windows/Wine (mt5linux-style
+classic server), ``sim`` the simulated terminal that ships with mt5d.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+import pickle
+import time
+from typing import Any, Callable
+
+from daemon.config import Config
+from schemas.errors import MT5InitError
+
+__all__ = ["open_backend", "RpycTerminal"]
+
+log = logging.getLogger("mt5d.terminal")
+
+
+def open_backend(cfg: Config, *, clock: Callable[[], float] = time.time, password: str | None = None) -> Any:
+    term = cfg.terminal
+    if term.backend == "sim":
+        from daemon.terminal.sim import Fault, SimTerminal, default_symbols, synthetic_symbols
+
+        sim = term.sim
+        symbols = list(default_symbols()) + list(synthetic_symbols(sim.synthetic_symbols))
+        return SimTerminal(
+            seed=sim.seed,
+            clock=clock,
+            symbols=symbols,
+            ticks_per_second=sim.ticks_per_second,
+            faults=[Fault(f.kind, f.at, f.duration) for f in sim.faults],
+            login=term.login or 10001234,
+            password=password,
+            server=term.server or "MT5Sim-Demo",
+            broker_tz=sim.broker_tz,
+        )
+    if term.backend == "native":
+        try:
+            import MetaTrader5  # type: ignore[import-not-found]
+        except ImportError:
+            raise MT5InitError(
+                "the MetaTrader5 package is not installed (it runs on Windows or under Wine)", -10003
+            ) from None
+        return MetaTrader5
+    return RpycTerminal(term.rpyc_host, term.rpyc_port, request_timeout=term.operation_timeout + 5.0)
+
+
+# Runs inside the bridge: call, convert the result to plain data, and send it
+# back with last_error() as one pickled blob, so a call is one round trip and
+# nothing is walked element by element through remote references.
+_BRIDGE_CODE = '''
+import pickle as _p
+import MetaTrader5 as _mt5
+def _mt5d_call(name, args, kwargs):
+    res = getattr(_mt5, name)(*args, **dict(kwargs))
+    if hasattr(res, "_asdict"):
+        d = res._asdict()
+        res = ("__nt__", type(res).__name__, tuple(d), tuple(d.values()))
+    return _p.dumps((res, tuple(_mt5.last_error())), protocol=4)
+'''
+
+
+class RpycTerminal:
+    """The MetaTrader5 function set over an rpyc classic bridge."""
+
+    def __init__(self, host: str, port: int, *, request_timeout: float) -> None:
+        self._host, self._port, self._timeout = host, port, request_timeout
+        self._conn = None
+        self._call = None
+        self._last_error: tuple[int, str] = (1, "Success")
+        self._types: dict[tuple, type] = {}
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            log.warning(
+                "rpyc bridge is not on loopback: rpyc classic runs any code sent to it; "
+                "keep the port private (firewall, SSH tunnel or container network)",
+                extra={"host": host, "port": port},
+            )
+
+    def _connect(self) -> None:
+        import rpyc
+
+        conn = rpyc.classic.connect(self._host, self._port)
+        # rpyc's own timeout must be above ours, so ours fires first.
+        conn._config["sync_request_timeout"] = self._timeout
+        conn.execute(_BRIDGE_CODE)
+        self._conn, self._call = conn, conn.namespace["_mt5d_call"]
+
+    def _invoke(self, name: str, args: tuple, kwargs: dict) -> Any:
+        try:
+            if self._call is None:
+                self._connect()
+            blob = self._call(name, args, tuple(kwargs.items()))
+        except (OSError, EOFError) as err:
+            self._drop()
+            self._last_error = (-10004, f"No IPC connection (bridge: {type(err).__name__})")
+            return None
+        except TimeoutError:
+            self._drop()
+            self._last_error = (-10005, "IPC timeout (bridge)")
+            return None
+        result, self._last_error = pickle.loads(bytes(blob))
+        if isinstance(result, tuple) and len(result) == 4 and result[0] == "__nt__":
+            _, typename, fields, values = result
+            cls = self._types.get((typename, fields))
+            if cls is None:
+                cls = self._types[(typename, fields)] = collections.namedtuple(typename, fields)
+            result = cls(*values)
+        return result
+
+    def _drop(self) -> None:
+        conn, self._conn, self._call = self._conn, None, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def last_error(self) -> tuple[int, str]:
+        return self._last_error
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self._invoke(name, args, kwargs)

@@ -1,0 +1,116 @@
+"""The terminal thread: one OS thread that runs every terminal call, in order.
+
+The MetaTrader5 module is process-global state and not thread-safe, and its
+``last_error()`` belongs to the thread that made the failing call, so every
+call goes through here. A call that outlives its timeout is abandoned: the
+caller gets ``MT5TimeoutError`` and the thread is *wedged* until the call
+returns (if ever). While wedged, new calls fail at once; the health actor stops
+feeding the systemd watchdog, so a native call that never returns ends in a
+clean process restart instead of a silent stall.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any, Callable, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+
+from schemas.errors import MT5TimeoutError
+
+__all__ = ["TerminalThread"]
+
+T = TypeVar("T")
+
+
+class _Job:
+    __slots__ = ("fn", "done", "token", "result", "error", "abandoned")
+
+    def __init__(self, fn: Callable[[], Any], token) -> None:
+        self.fn = fn
+        self.done = anyio.Event()
+        self.token = token
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False
+
+
+class TerminalThread:
+    def __init__(self, name: str = "mt5-terminal", *, inline: bool = False) -> None:
+        self._name = name
+        # inline: run calls on the event loop's thread (actor tests on virtual
+        # time, where a real thread would race the virtual clock).
+        self._inline = inline
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._running: _Job | None = None
+        # Time spent inside terminal calls, measured on the thread itself.
+        self.cpu_seconds = 0.0
+        self.wall_seconds = 0.0
+        self.calls = 0
+
+    @property
+    def wedged(self) -> bool:
+        job = self._running
+        return job is not None and job.abandoned
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to exit after its current call; never waits for it."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread = None
+
+    async def call(self, fn: Callable[[], T], timeout: float) -> T:
+        if self.wedged:
+            raise MT5TimeoutError("terminal is stuck in an earlier call", 0)
+        if self._inline:
+            await anyio.lowlevel.checkpoint()
+            self.calls += 1
+            return fn()
+        self.start()
+        job = _Job(fn, anyio.lowlevel.current_token())
+        self._jobs.put(job)
+        try:
+            with anyio.move_on_after(timeout) as scope:
+                await job.done.wait()
+        finally:
+            if not job.done.is_set():
+                # Timed out or cancelled: never wait on the call, just leave it.
+                job.abandoned = True
+        if scope.cancelled_caught:
+            raise MT5TimeoutError(f"terminal call did not return within {timeout:g} s", 0)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if job.abandoned:  # cancelled while queued
+                continue
+            self._running = job
+            c0, w0 = time.thread_time(), time.perf_counter()
+            try:
+                job.result = job.fn()
+            except BaseException as err:  # handed to the caller, re-raised there
+                job.error = err
+            self.cpu_seconds += time.thread_time() - c0
+            self.wall_seconds += time.perf_counter() - w0
+            self.calls += 1
+            self._running = None
+            if not job.abandoned:
+                try:
+                    anyio.from_thread.run_sync(job.done.set, token=job.token)
+                except Exception:  # the event loop is gone (shutdown): nobody waits
+                    pass

@@ -1,0 +1,79 @@
+"""Stream messages: one tick, one bar, one health event per NATS message.
+
+Rules for these wire structs (msgspec): frozen; unknown fields are ignored, so
+a newer daemon may add fields; a new field always has a default and a field
+never changes type, so an older subscriber still decodes. Times are integers:
+``*_broker`` is the trade server's wall clock written as if it were UTC (what
+MT5 reports), ``*_utc_ms`` is true UTC in milliseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["Tick", "Candle", "HealthEvent", "TIMEFRAMES", "BREAKER_STATES"]
+
+# MT5's standard timeframes, shortest first.
+TIMEFRAMES: tuple[str, ...] = (
+    "M1", "M2", "M3", "M4", "M5", "M6", "M10", "M12", "M15", "M20", "M30",
+    "H1", "H2", "H3", "H4", "H6", "H8", "H12", "D1", "W1", "MN1",
+)
+
+BREAKER_STATES: tuple[str, ...] = ("closed", "open", "half_open")
+
+
+class Tick(msgspec.Struct, frozen=True, kw_only=True):
+    """One tick, every field MT5's ``Tick`` has (its ``time`` is ``time_broker``)."""
+
+    symbol: str  # raw broker symbol, unescaped ("EURUSD.m")
+    time_msc_broker: int  # MT5 time_msc: broker clock, ms
+    time_utc_ms: int  # the same instant in true UTC, ms
+    bid: float
+    ask: float
+    last: float
+    volume: int
+    volume_real: float
+    flags: int  # TICK_FLAG_* bits
+
+    @property
+    def time_broker(self) -> int:
+        """MT5's ``time`` field: broker clock, whole seconds."""
+        return self.time_msc_broker // 1000
+
+
+class Candle(msgspec.Struct, frozen=True, kw_only=True):
+    """One bar. ``closed=False`` marks the forming bar (it will still change)."""
+
+    symbol: str
+    timeframe: str  # "M15", one of TIMEFRAMES
+    time_broker: int  # bar open, broker clock, whole seconds (MT5 rates ``time``)
+    time_utc_ms: int  # bar open, true UTC, ms
+    close_time_utc_ms: int  # bar end (= next bar's open), true UTC, ms
+    open: float
+    high: float
+    low: float
+    close: float
+    tick_volume: int
+    spread: int
+    real_volume: int
+    closed: bool
+
+
+class HealthEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """The daemon's view of its terminal, on every probe and every state change."""
+
+    account: str
+    time_utc_ms: int
+    # What happened: "probe", "connected", "disconnected", "auth_failed",
+    # "breaker_open", "breaker_half_open", "wedged", "symbol_unknown", ...
+    event: str
+    connection_ok: bool
+    auth_ok: bool
+    data_feed_ok: bool
+    # One of BREAKER_STATES. A plain str, not a Literal, so a state added later
+    # does not make older subscribers reject the whole event.
+    breaker: str
+    latency_ms: float | None = None  # last probe round trip; None when it failed
+    wedged: bool = False  # a terminal call never returned
+    detail: str = ""  # text safe to show; never credentials or tracebacks
+    symbols_stale: tuple[str, ...] = ()  # configured symbols without recent ticks

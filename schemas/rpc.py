@@ -1,0 +1,388 @@
+"""Request-reply contract of ``<prefix>.<account>.rpc.<endpoint>``.
+
+A request body is a struct in JSON or MessagePack (an empty body means "all
+defaults"); the reply is in the daemon's configured encoding. A failed request
+is answered the nats.micro way, headers ``Nats-Service-Error`` (message) and
+``Nats-Service-Error-Code`` (status as a string), with an ``ErrorReply`` JSON
+body naming the error class, so the client raises the same class again.
+
+Bulk replies (candles, ticks) may come in pages: a NATS message is capped by
+the server's ``max_payload`` (1 MiB by default), and 100,000 ticks are ~15 MB
+of JSON. A reply with ``more=True`` says where to continue; ``MT5Client``
+follows it, and ``page_ticks``/``page_candles`` build such replies.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Callable, Mapping, TypeVar
+
+import msgspec
+
+from schemas.codec import Codec, decode_any
+from schemas.errors import MT5DataError, MT5Error, MT5ValidationError, error_for_status
+from schemas.market import TIMEFRAMES, Candle, HealthEvent, Tick
+
+__all__ = [
+    "MAX_CANDLES", "DEFAULT_CANDLES", "MAX_TICKS", "MAX_PRICE_SYMBOLS", "MAX_REQUEST_BYTES", "REPLY_HEADROOM",
+    "ERROR_HEADER", "ERROR_CODE_HEADER", "ENDPOINTS", "ACCOUNT_INFO_FIELDS",
+    "Request", "AccountRequest", "AccountReply", "PriceRequest", "Quote", "PriceReply",
+    "CandlesRequest", "CandlesReply", "TicksRequest", "TicksReply", "SymbolsRequest", "SymbolSpec",
+    "SymbolsReply", "HealthRequest", "ReconnectRequest", "ReconnectReply", "ErrorReply",
+    "check_timeframe", "parse_request", "validate_request", "error_response", "error_from_reply",
+    "account_reply", "symbol_spec", "page_ticks", "page_candles",
+]
+
+MAX_CANDLES = 5000
+DEFAULT_CANDLES = 100
+MAX_TICKS = 100_000
+MAX_PRICE_SYMBOLS = 1000
+MAX_REQUEST_BYTES = 64 * 1024
+# Room left in a NATS message for headers when a reply is sized to max_payload.
+REPLY_HEADROOM = 1024
+
+# The header names nats.micro uses (repeated here: schemas does not need nats.micro).
+ERROR_HEADER = "Nats-Service-Error"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+
+R = TypeVar("R", bound="Request")
+Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+EpochMs = Annotated[int, msgspec.Meta(ge=0)]  # true UTC, ms since 1970
+
+
+def _safe(text: str, limit: int = 32) -> str:
+    """User input echoed in a message: repr'd and cut short."""
+    r = repr(text)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def check_timeframe(timeframe: str) -> str:
+    if timeframe not in TIMEFRAMES:
+        raise MT5ValidationError(f"unknown timeframe {_safe(timeframe)}; expected one of {' '.join(TIMEFRAMES)}")
+    return timeframe
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of requests: ``checked()`` does the cross-field checks types cannot."""
+
+    def checked(self: R) -> R:
+        """This request with defaults filled in; MT5ValidationError when it makes no sense."""
+        return self
+
+
+# -- account ---------------------------------------------------------------------
+
+class AccountRequest(Request):
+    pass
+
+
+class AccountReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Every ``account_info()`` field, plus ``margin_used`` (= margin) as the old API named it."""
+
+    login: int
+    trade_mode: int
+    leverage: int
+    limit_orders: int
+    margin_so_mode: int
+    trade_allowed: bool
+    trade_expert: bool
+    margin_mode: int
+    currency_digits: int
+    fifo_close: bool
+    balance: float
+    credit: float
+    profit: float
+    equity: float
+    margin: float
+    margin_free: float
+    margin_level: float
+    margin_so_call: float
+    margin_so_so: float
+    margin_initial: float
+    margin_maintenance: float
+    assets: float
+    liabilities: float
+    commission_blocked: float
+    name: str
+    server: str
+    currency: str
+    company: str
+    margin_used: float
+
+
+ACCOUNT_INFO_FIELDS: tuple[str, ...] = tuple(f for f in AccountReply.__struct_fields__ if f != "margin_used")
+
+
+def account_reply(info: Any) -> AccountReply:
+    """Daemon side: an ``account_info()`` result (namedtuple or dict) as the reply."""
+    d = dict(info._asdict() if hasattr(info, "_asdict") else info)
+    try:
+        return msgspec.convert({**d, "margin_used": d.get("margin")}, AccountReply, strict=False)
+    except msgspec.ValidationError as err:
+        raise MT5DataError(f"account_info has an unexpected shape: {err}") from None
+
+
+# -- price -----------------------------------------------------------------------
+
+class PriceRequest(Request):
+    """``symbol`` or ``symbols``, not both."""
+
+    symbol: Symbol | None = None
+    symbols: Annotated[list[Symbol], msgspec.Meta(min_length=1, max_length=MAX_PRICE_SYMBOLS)] | None = None
+
+    def checked(self) -> "PriceRequest":
+        if (self.symbol is None) == (self.symbols is None):
+            raise MT5ValidationError("give `symbol` or `symbols`, exactly one")
+        return self
+
+    @property
+    def wanted(self) -> list[str]:
+        return [self.symbol] if self.symbol is not None else list(self.symbols or ())
+
+
+class Quote(msgspec.Struct, frozen=True, kw_only=True):
+    tick: Tick  # the newest tick the daemon has
+    age_ms: int  # how long ago the daemon received it
+
+
+class PriceReply(msgspec.Struct, frozen=True, kw_only=True):
+    prices: dict[str, Quote]  # raw symbol -> quote
+    missing: list[str] = []  # asked for, but no price known
+
+
+# -- candles ---------------------------------------------------------------------
+
+class CandlesRequest(Request):
+    """Three forms: ``count`` (the newest bars, the forming one last, ``closed=False``);
+    ``end`` + ``count`` (the newest bars opened at or before ``end``); ``start`` +
+    ``end`` (bars opened in [start, end], at most MAX_CANDLES). Times: UTC ms."""
+
+    symbol: Symbol
+    timeframe: str = "M15"
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_CANDLES)] | None = None
+    start: EpochMs | None = None
+    end: EpochMs | None = None
+
+    def checked(self) -> "CandlesRequest":
+        check_timeframe(self.timeframe)
+        if self.start is not None:
+            if self.end is None:
+                raise MT5ValidationError("`start` needs `end`")
+            if self.count is not None:
+                raise MT5ValidationError("give `count` or `start`/`end`, not both")
+            if self.end < self.start:
+                raise MT5ValidationError("`end` is before `start`")
+            return self
+        if self.count is None:
+            return msgspec.structs.replace(self, count=DEFAULT_CANDLES)
+        return self
+
+    @property
+    def mode(self) -> str:
+        """One of "latest" (count), "before" (end + count), "range" (start + end)."""
+        if self.start is not None:
+            return "range"
+        return "before" if self.end is not None else "latest"
+
+
+class CandlesReply(msgspec.Struct, frozen=True, kw_only=True):
+    candles: list[Candle]  # oldest first
+    # A page: the newest part of the answer. Ask again with end=next_end (same
+    # start; count minus what came) for the older part.
+    more: bool = False
+    next_end: int = 0
+
+
+# -- ticks -----------------------------------------------------------------------
+
+class TicksRequest(Request):
+    """Ticks with time_utc_ms in [start, end], oldest first, at most ``count``.
+    ``skip`` leaves out that many ticks at ``start`` itself (several ticks share a
+    millisecond, so a time alone is not a cursor)."""
+
+    symbol: Symbol
+    start: EpochMs
+    end: EpochMs
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_TICKS)] = MAX_TICKS
+    skip: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+    def checked(self) -> "TicksRequest":
+        if self.end < self.start:
+            raise MT5ValidationError("`end` is before `start`")
+        return self
+
+
+class TicksReply(msgspec.Struct, frozen=True, kw_only=True):
+    ticks: list[Tick]  # oldest first
+    # A page: continue with start=next_start, skip=next_skip, count minus what came.
+    more: bool = False
+    next_start: int = 0
+    next_skip: int = 0
+
+
+# -- symbols, health, reconnect ----------------------------------------------------
+
+class SymbolsRequest(Request):
+    pass
+
+
+class SymbolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    symbol: str
+    digits: int
+    point: float
+    spread: int
+    trade_mode: int
+    description: str = ""
+    currency_base: str = ""
+    currency_profit: str = ""
+
+
+def symbol_spec(info: Any) -> SymbolSpec:
+    """Daemon side: a ``symbol_info()`` result (namedtuple or dict) as a SymbolSpec."""
+    d = dict(info._asdict() if hasattr(info, "_asdict") else info)
+    d.setdefault("symbol", d.get("name"))
+    try:
+        return msgspec.convert(d, SymbolSpec, strict=False)
+    except msgspec.ValidationError as err:
+        raise MT5DataError(f"symbol_info has an unexpected shape: {err}") from None
+
+
+class SymbolsReply(msgspec.Struct, frozen=True, kw_only=True):
+    symbols: list[SymbolSpec]
+
+
+class HealthRequest(Request):
+    pass  # the reply is a HealthEvent (event "probe" when freshly probed)
+
+
+class ReconnectRequest(Request):
+    pass
+
+
+class ReconnectReply(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+
+
+# name -> (request type, reply type): lets the service register endpoints in a loop.
+ENDPOINTS: dict[str, tuple[type[Request], type]] = {
+    "account": (AccountRequest, AccountReply),
+    "price": (PriceRequest, PriceReply),
+    "candles": (CandlesRequest, CandlesReply),
+    "ticks": (TicksRequest, TicksReply),
+    "symbols": (SymbolsRequest, SymbolsReply),
+    "health": (HealthRequest, HealthEvent),
+    "reconnect": (ReconnectRequest, ReconnectReply),
+}
+
+
+# -- parsing requests ----------------------------------------------------------------
+
+def parse_request(data: bytes, type: type[R]) -> R:
+    """Decode, type-check and ``checked()`` a request body, in either encoding.
+
+    Every problem is an MT5ValidationError whose message names the field
+    (msgspec's ``- at `$.count``` suffix) and never carries a traceback."""
+    if len(data) > MAX_REQUEST_BYTES:
+        raise MT5ValidationError(f"request too large: {len(data)} bytes (at most {MAX_REQUEST_BYTES})")
+    if not bytes(data).strip():
+        data = b"{}"
+    try:
+        req = decode_any(data, type)
+    except msgspec.ValidationError as err:
+        raise MT5ValidationError(f"invalid request: {str(err)[:200]}") from None
+    except msgspec.DecodeError as err:
+        raise MT5ValidationError(f"malformed request: {str(err)[:200]}") from None
+    return req.checked()
+
+
+def validate_request(req: R) -> R:
+    """Client side: the checks ``parse_request`` makes, on a request built in code
+    (a Struct constructor does not check ``Meta`` constraints; decoding does)."""
+    try:
+        req = msgspec.convert(msgspec.to_builtins(req), type(req))
+    except msgspec.ValidationError as err:
+        raise MT5ValidationError(f"invalid request: {str(err)[:200]}") from None
+    return req.checked()
+
+
+# -- errors --------------------------------------------------------------------------
+
+class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
+    code: int  # status: 400, 500, 502, 503, 504
+    kind: str  # error class name, e.g. "MT5ValidationError"
+    message: str  # safe to show
+    mt5_code: int = 0  # last_error() code, 0 when the error is not the terminal's
+
+    @classmethod
+    def from_error(cls, err: BaseException) -> "ErrorReply":
+        if isinstance(err, MT5Error):
+            return cls(code=err.status, kind=type(err).__name__, message=err.message, mt5_code=err.code)
+        # Anything else is a bug on our side: its text may hold internals, so say nothing.
+        return cls(code=500, kind="MT5Error", message="internal error")
+
+    def to_error(self) -> MT5Error:
+        return error_for_status(self.code, self.kind, self.message, self.mt5_code)
+
+
+_JSON = msgspec.json.Encoder()
+
+
+def error_response(err: BaseException) -> tuple[str, str, bytes]:
+    """``(code, description, body)`` for ``await request.respond_error(*error_response(err))``."""
+    reply = ErrorReply.from_error(err)
+    # Header values must stay on one line.
+    description = " ".join(reply.message.split()) or reply.kind
+    return str(reply.code), description, _JSON.encode(reply)
+
+
+def error_from_reply(headers: Mapping[str, str] | None, data: bytes) -> MT5Error | None:
+    """Client side: the error a reply carries, or None when it is a success."""
+    if not headers or ERROR_CODE_HEADER not in headers:
+        return None
+    try:
+        return decode_any(data, ErrorReply).to_error()
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # A bare nats.micro error (e.g. its own "500" for an uncaught exception).
+        code = headers[ERROR_CODE_HEADER]
+        status = int(code) if code.isdigit() else 500
+        return error_for_status(status, "", headers.get(ERROR_HEADER, "") or f"error {code}")
+
+
+# -- paging bulk replies ---------------------------------------------------------------
+
+def _fit(n: int, build: Callable[[int], Any], codec: Codec, max_bytes: int) -> int:
+    """The largest k <= n with len(encode(build(k))) within max_bytes - REPLY_HEADROOM."""
+    budget = max_bytes - REPLY_HEADROOM
+    while True:
+        size = len(codec.encode(build(n)))
+        if size <= budget:
+            return n
+        if n <= 1:
+            raise MT5DataError("a single item does not fit in one NATS message")
+        n = max(1, min(n - 1, int(n * budget / size * 0.95)))  # proportional guess, then verify
+
+
+def page_ticks(req: TicksRequest, ticks: list[Tick], codec: Codec, max_bytes: int) -> TicksReply:
+    """Daemon side: the reply to ``req`` given its full answer ``ticks`` (oldest first,
+    skip and count applied), cut to fit ``max_bytes`` (the connection's max_payload)."""
+    n = _fit(len(ticks), lambda k: TicksReply(ticks=ticks[:k], more=k < len(ticks)), codec, max_bytes)
+    if n == len(ticks):
+        return TicksReply(ticks=ticks)
+    kept = ticks[:n]
+    last = kept[-1].time_utc_ms
+    same = 0
+    for t in reversed(kept):
+        if t.time_utc_ms != last:
+            break
+        same += 1
+    skip = same + (req.skip if last == req.start else 0)
+    return TicksReply(ticks=kept, more=True, next_start=last, next_skip=skip)
+
+
+def page_candles(candles: list[Candle], codec: Codec, max_bytes: int) -> CandlesReply:
+    """Daemon side: like ``page_ticks`` for bars, keeping the newest ones."""
+    total = len(candles)
+    n = _fit(total, lambda k: CandlesReply(candles=candles[total - k:], more=k < total), codec, max_bytes)
+    if n == total:
+        return CandlesReply(candles=candles)
+    kept = candles[total - n:]
+    return CandlesReply(candles=kept, more=True, next_end=kept[0].time_utc_ms - 1)

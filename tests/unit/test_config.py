@@ -1,0 +1,69 @@
+"""Config: the default file is valid; a bad one is refused with the key, the value and what is expected."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_repository_config_is_valid_and_embedded_sim():
+    cfg = load_config(ROOT / "config.toml", env={})
+    assert cfg.terminal.backend == "sim"
+    assert cfg.nats.embedded is True
+
+
+def problems(raw, env=None):
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env=env or {})
+    return info.value.problems
+
+
+def test_each_problem_names_the_key():
+    out = problems({"terminal": {"backend": "wine"}, "breaker": {"max_failures": "three"}, "bogus": {}})
+    text = "\n".join(out)
+    assert len(out) == 3, out
+    assert "terminal.backend: 'wine' is not valid (Invalid enum value 'wine')" in text
+    assert "breaker.max_failures: 'three' is not valid (Expected `int`, got `str`)" in text
+    assert "bogus: unknown key" in text
+
+
+def test_unknown_key_is_refused():
+    out = problems({"nats": {"urll": "nats://x"}})
+    assert len(out) == 1 and out[0].startswith("nats.urll: unknown key (expected one of: url,")
+
+
+def test_cross_field_checks():
+    out = problems({"stream": {"timeframes": ["M7"], "server_utc_offset": "2h"},
+                    "breaker": {"backoff_base_seconds": 100, "backoff_max_seconds": 10}})
+    text = "\n".join(out)
+    assert "stream.timeframes: 'M7'" in text
+    assert "stream.server_utc_offset: '2h'" in text
+    assert "breaker.backoff_max_seconds" in text
+
+
+def test_environment_overrides():
+    cfg = parse_config({}, env={"MT5_LOGIN": "5551234", "MT5_SERVER": "Broker-Live", "NATS_URL": "nats://h:1"})
+    assert cfg.terminal.login == 5551234 and cfg.terminal.server == "Broker-Live"
+    assert cfg.nats.url == "nats://h:1"
+
+
+def test_check_config_exits_78_with_one_line_per_problem(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[terminal]\nbackend = "wine"\nlogin = -1\n[stream]\npoll_interval = 0\n')
+    res = subprocess.run([sys.executable, "-m", "daemon.cli", "check-config", "--config", str(bad)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 78
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 3, lines
+    assert all(line.startswith("mt5d: config error: ") for line in lines)
+    assert "terminal.backend: 'wine'" in lines[0]
+    assert "terminal.login: -1 is not valid (Expected `int` >= 0)" in lines[1]
+    assert "stream.poll_interval: 0 is not valid (Expected `float` > 0.0)" in lines[2]
+    ok = subprocess.run([sys.executable, "-m", "daemon.cli", "check-config", "--config", str(ROOT / "config.toml")],
+                        capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr

@@ -1,0 +1,25 @@
+"""Broker clock -> true UTC."""
+
+from actors.utc import UtcOffset
+
+H = 3_600_000
+
+
+def test_fixed_offset():
+    u = UtcOffset(7200)
+    assert u.to_utc_ms(10 * H) == 8 * H
+    assert not u.observe(10 * H, 0)
+
+
+def test_auto_rounds_to_quarter_hours_and_follows_a_dst_switch():
+    u = UtcOffset()
+    wall = 1_800_000_000_000
+    assert u.observe(wall + 3 * H + 1234, wall)  # summer: UTC+3, tick 1.2 s old... in the future of wall
+    assert u.offset_ms == 3 * H
+    assert not u.observe(wall + 3 * H - 4000, wall)  # a tick 4 s old: same offset
+    # Fall back to UTC+2: one odd tick is not enough, two in a row are.
+    assert not u.observe(wall + 2 * H, wall)
+    assert u.offset_ms == 3 * H
+    assert u.observe(wall + 2 * H + 100, wall + 100)
+    assert u.offset_ms == 2 * H
+    assert u.to_utc_ms(wall + 2 * H) == wall
