@@ -284,7 +284,7 @@ class Connection:
         try:
             self._events.send_nowait(StateChange(event, detail))
         except anyio.WouldBlock:
-            log.warning("health event queue full; state change not published", extra={"event": event})
+            log.warning("health event queue full; state change not published", extra={"health_event": event})
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
 

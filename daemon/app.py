@@ -39,7 +39,6 @@ class Daemon:
     notifier: Any = None
     wall_clock: Callable[[], float] = time.time
     module: Any = None  # the terminal (built from config when None)
-    msg_id: bool = False
 
     def __post_init__(self) -> None:
         cfg = self.cfg
@@ -100,7 +99,7 @@ class Daemon:
                                      on_disconnected=disconnected, on_reconnected=reconnected)
         self.publisher = holder["p"] = Publisher(
             nc=self.nc, subjects=self.subjects, codec=self.codec, batches=self._batches_recv,
-            health=self._health_recv, msg_id=self.msg_id,
+            health=self._health_recv, msg_id=cfg.nats.msg_id,
         )
         try:
             async with anyio.create_task_group() as tg:

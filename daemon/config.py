@@ -79,6 +79,9 @@ class NatsConfig(_Section):
     account: str = ""
     encoding: Literal["json", "msgpack"] = "json"
     pending_size: PositiveInt = 256 * 1024
+    # Put a Nats-Msg-Id header on ticks and candles, so a JetStream stream drops
+    # the repeats of a batch re-sent after a disconnect (costs publish speed).
+    msg_id: bool = False
     user: str = ""
     creds_file: str = ""
     tls_ca: str = ""

@@ -1,0 +1,403 @@
+"""``mt5d bench``: throughput, CPU, latency, completeness and memory, on this machine.
+
+Every phase runs the daemon as a child process (so its CPU and memory are its
+own) with the sim terminal, against an embedded nats-server, and a nats-py
+subscriber in this process receiving what it publishes:
+
+- saturation: a sim producing more ticks than can be published; ticks/s that
+  reach the subscriber and daemon CPU per tick, next to a raw nats-py loop
+  publishing pre-encoded payloads of the same size through the same server to
+  the same subscriber (the ratio is the daemon's efficiency);
+- realistic: 50 symbols, 10,000 ticks/s in all, 10 ms poll: CPU % (and the
+  daemon's own share, without the time inside terminal calls), latency from a
+  tick's time in the terminal to its receipt, RSS;
+- idle: 50 symbols, no ticks, 10 ms poll: CPU %;
+- completeness: ticks received vs the terminal's history over the run, across
+  a scripted disconnect and a nats-server restart (judged by a JetStream
+  stream on the tick subjects), next to a naive ``symbol_info_tick`` loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import msgspec
+import nats
+import numpy as np
+
+from daemon.natsserver import NatsServer
+
+SYMBOLS_50 = 50
+ACCOUNT = "bench"
+
+
+# ---- the daemon child ----------------------------------------------------------
+def _child_main(raw_json: str) -> int:
+    """Run a daemon until SIGTERM; print its CPU and memory figures as JSON."""
+    from daemon.app import Daemon
+    from daemon.config import parse_config
+
+    cfg = parse_config(msgspec.json.decode(raw_json), env={})
+    daemon = Daemon(cfg)
+    out: dict = {}
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(daemon.run)
+            cpu0, term0 = time.process_time(), daemon.conn.thread.cpu_seconds
+            wall0, pub0 = time.perf_counter(), daemon.publisher.published
+            print(json.dumps({"ready": True}), flush=True)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+            out.update(
+                wall=time.perf_counter() - wall0,
+                cpu=time.process_time() - cpu0,
+                terminal_cpu=daemon.conn.thread.cpu_seconds - term0,
+                published=daemon.publisher.published - pub0,
+                rss_mb=_rss_mb(),
+            )
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Child:
+    def __init__(self, raw: dict) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.bench", "child", json.dumps(raw)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        line = self.proc.stdout.readline()
+        if not line or not json.loads(line).get("ready"):
+            raise RuntimeError("bench daemon did not start")
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> dict:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=30)
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def _config(url: str, *, tps: float, poll: float, symbols: int = SYMBOLS_50, faults=(), msg_id=False) -> dict:
+    from daemon.terminal.sim import synthetic_symbols
+
+    names = [s.name for s in synthetic_symbols(symbols)]
+    return {
+        "terminal": {"backend": "sim", "login": 1, "sim": {
+            "seed": 7, "synthetic_symbols": symbols, "ticks_per_second": tps, "faults": list(faults)}},
+        "stream": {"symbols": names, "timeframes": ["M1"], "poll_interval": poll, "idle_poll_interval": max(poll, 0.25)},
+        "nats": {"url": url, "account": ACCOUNT, "msg_id": msg_id},
+        "health": {"interval": 1.0},
+        "breaker": {"max_failures": 2, "backoff_base_seconds": 1.0, "backoff_max_seconds": 4.0},
+        "logging": {"level": "ERROR"},
+    }
+
+
+# ---- the subscriber ------------------------------------------------------------------
+class Receiver:
+    def __init__(self) -> None:
+        self.count = 0
+        self.latencies: list[float] = []
+        self.keep_latency = False
+        self.payload_sizes = 0
+
+    async def start(self, url: str, subject: str):
+        self.nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
+        time_utc = msgspec.json.Decoder(_TimeOnly)
+
+        async def on_msg(msg):
+            self.count += 1
+            if self.keep_latency:
+                self.latencies.append(time.time() * 1000 - time_utc.decode(msg.data).time_utc_ms)
+            else:
+                self.payload_sizes += len(msg.data)
+
+        await self.nc.subscribe(subject, cb=on_msg, pending_msgs_limit=10_000_000, pending_bytes_limit=-1)
+        await self.nc.flush()
+        return self
+
+
+class _TimeOnly(msgspec.Struct):
+    time_utc_ms: int
+
+
+async def _window(seconds: float) -> None:
+    await anyio.sleep(seconds)
+
+
+# ---- phases --------------------------------------------------------------------------
+async def phase_saturation(url: str, seconds: float) -> dict:
+    rx = await Receiver().start(url, f"mt5.{ACCOUNT}.tick.>")
+    child = Child(_config(url, tps=2000.0, poll=0.01))
+    await anyio.sleep(2.0)  # warm up
+    n0 = rx.count
+    size0 = rx.payload_sizes
+    t0 = time.perf_counter()
+    await _window(seconds)
+    stats = child.stop()
+    n, dt = rx.count - n0, time.perf_counter() - t0
+    size = (rx.payload_sizes - size0) / max(n, 1)
+    daemon_rate = n / dt
+    raw_rate = await _raw_loop(url, rx, int(size), seconds)
+    await rx.nc.close()
+    return {
+        "saturation_ticks_per_s": round(daemon_rate),
+        "saturation_cpu_us_per_tick": round(stats["cpu"] / max(stats["published"], 1) * 1e6, 2),
+        "raw_loop_msgs_per_s": round(raw_rate),
+        "saturation_ratio": round(daemon_rate / raw_rate, 3),
+        "payload_bytes": int(size),
+    }
+
+
+async def _raw_loop(url: str, rx: Receiver, size: int, seconds: float) -> float:
+    """Pre-encoded payloads of the same size, as fast as nats-py publishes them, to the same subscriber."""
+    pub = await nats.connect(url, pending_size=2 * 1024 * 1024)
+    payload = b"x" * size
+    subjects = [f"mt5.{ACCOUNT}.tick.RAW{i:03d}" for i in range(SYMBOLS_50)]
+    n0 = rx.count
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    i = 0
+    while time.perf_counter() < end:
+        for subject in subjects:
+            await pub.publish(subject, payload)
+        i += 1
+        if i % 20 == 0:
+            await pub.flush()
+    await pub.flush()
+    sent_dt = time.perf_counter() - t0
+    with anyio.move_on_after(10):
+        while rx.count - n0 < i * len(subjects):
+            await anyio.sleep(0.05)
+    dt = time.perf_counter() - t0
+    await pub.close()
+    return (rx.count - n0) / max(dt, sent_dt)
+
+
+async def phase_realistic(url: str, seconds: float, *, soak: float = 0.0) -> dict:
+    rx = await Receiver().start(url, f"mt5.{ACCOUNT}.tick.>")
+    child = Child(_config(url, tps=10_000 / SYMBOLS_50, poll=0.01))
+    await anyio.sleep(2.0)
+    rx.keep_latency = True
+    rx.latencies.clear()
+    rss_start = child.rss_mb()
+    n0, t0 = rx.count, time.perf_counter()
+    rss_samples = [rss_start]
+    end = t0 + max(seconds, soak)
+    while time.perf_counter() < end:
+        await anyio.sleep(min(5.0, end - time.perf_counter()))
+        rss_samples.append(child.rss_mb())
+    stats = child.stop()
+    dt = time.perf_counter() - t0
+    await rx.nc.close()
+    lat = np.array(rx.latencies)
+    # Growth over the second half of the run (the first half includes warm-up allocations).
+    half = rss_samples[len(rss_samples) // 2]
+    return {
+        "realistic_ticks_per_s": round((rx.count - n0) / dt),
+        "realistic_cpu_pct": round(stats["cpu"] / stats["wall"] * 100, 2),
+        "realistic_own_cpu_pct": round((stats["cpu"] - stats["terminal_cpu"]) / stats["wall"] * 100, 2),
+        "realistic_terminal_cpu_pct": round(stats["terminal_cpu"] / stats["wall"] * 100, 2),
+        "latency_p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
+        "latency_p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
+        "latency_p999_ms": round(float(np.percentile(lat, 99.9)), 2) if len(lat) else None,
+        "rss_mb": round(stats["rss_mb"], 1),
+        "rss_growth_pct": round((rss_samples[-1] - half) / half * 100, 2) if half else None,
+        "rss_window_s": round(dt, 1),
+    }
+
+
+async def phase_idle(url: str, seconds: float) -> dict:
+    child = Child(_config(url, tps=0.0, poll=0.01))
+    await anyio.sleep(2.0)
+    stats0 = _proc_cpu(child.proc.pid)
+    t0 = time.perf_counter()
+    await anyio.sleep(seconds)
+    cpu = _proc_cpu(child.proc.pid) - stats0
+    dt = time.perf_counter() - t0
+    child.stop()
+    return {"idle_cpu_pct": round(cpu / dt * 100, 2)}
+
+
+def _proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def phase_completeness(server: NatsServer, seconds: float) -> dict:
+    """Ticks that reached the server (a JetStream stream) vs the terminal's history."""
+    from nats.js.api import StreamConfig
+
+    from daemon.terminal.sim import SimTerminal, synthetic_symbols
+
+    url = server.url
+    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="BENCHTICKS", subjects=[f"mt5.{ACCOUNT}.tick.>"],
+                                     duplicate_window=120.0))
+    nsym = 10
+    faults = [{"kind": "disconnect", "at": seconds * 0.25, "duration": 3.0}]
+    raw = _config(url, tps=50.0, poll=0.01, symbols=nsym, faults=faults, msg_id=True)
+    child = Child(raw)
+    naive = _NaiveLoop(nsym)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(naive.run)
+        await anyio.sleep(seconds * 0.6)
+        server.stop()  # a nats-server outage in the middle of the run
+        await anyio.sleep(2.0)
+        server.start()
+        await anyio.sleep(seconds * 0.4)
+        naive.stop = True
+    child.stop()
+    # Read back everything the stream holds, per symbol.
+    got: dict[str, list[tuple]] = {}
+    names = [s.name for s in synthetic_symbols(nsym)]
+    for name in names:
+        sub = await js.subscribe(f"mt5.{ACCOUNT}.tick.{name}", ordered_consumer=True)
+        seq = []
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except Exception:
+                break
+            t = msgspec.json.decode(msg.data)
+            seq.append((t["time_msc_broker"], t["bid"], t["ask"]))
+        await sub.unsubscribe()
+        got[name] = seq
+    await nc.close()
+    sim = SimTerminal(seed=7, symbols=list(synthetic_symbols(nsym)), ticks_per_second=50.0,
+                      faults=[], clock=time.time)
+    total = matched = 0
+    ordered_exact = True
+    naive_seen = naive_total = 0
+    for name in names:
+        seq = got[name]
+        if not seq:
+            ordered_exact = False
+            continue
+        hist = sim.copy_ticks_range(name, seq[0][0] // 1000, seq[-1][0] // 1000 + 1, -1)
+        expect = [(int(m), float(b), float(a)) for m, b, a in zip(hist["time_msc"], hist["bid"], hist["ask"])
+                  if seq[0][0] <= m <= seq[-1][0]]
+        # The daemon starts publishing after the first tick of its start millisecond.
+        start = expect.index(seq[0])
+        expect = expect[start:]
+        total += len(expect)
+        matched += sum(1 for a, b in zip(seq, expect) if a == b)
+        ordered_exact &= seq == expect
+        lo, hi = naive.window
+        naive_hist = sim.copy_ticks_range(name, lo // 1000, hi // 1000 + 1, -1)
+        in_window = {(int(m), float(b), float(a)) for m, b, a in zip(naive_hist["time_msc"], naive_hist["bid"],
+                                                                      naive_hist["ask"]) if lo <= m <= hi}
+        naive_total += len(in_window)
+        naive_seen += len(in_window & naive.seen.get(name, set()))
+    return {
+        "completeness": round(matched / total, 6) if total else 0.0,
+        "completeness_exact_order": ordered_exact,
+        "completeness_ticks": total,
+        "naive_completeness": round(naive_seen / naive_total, 4) if naive_total else 0.0,
+    }
+
+
+class _NaiveLoop:
+    """The usual approach: poll symbol_info_tick every 10 ms on an identical terminal."""
+
+    def __init__(self, nsym: int) -> None:
+        from daemon.terminal.sim import SimTerminal, synthetic_symbols
+
+        self.symbols = [s.name for s in synthetic_symbols(nsym)]
+        self.sim = SimTerminal(seed=7, symbols=list(synthetic_symbols(nsym)), ticks_per_second=50.0, clock=time.time)
+        self.sim.initialize()
+        for s in self.symbols:
+            self.sim.symbol_select(s, True)
+        self.seen: dict[str, set] = {}
+        self.stop = False
+        self.window = (0, 0)
+
+    async def run(self) -> None:
+        lo = hi = 0
+        while not self.stop:
+            for s in self.symbols:
+                t = self.sim.symbol_info_tick(s)
+                if t is not None:
+                    self.seen.setdefault(s, set()).add((int(t.time_msc), float(t.bid), float(t.ask)))
+                    lo = lo or int(t.time_msc)
+                    hi = max(hi, int(t.time_msc))
+            await anyio.sleep(0.01)
+        self.window = (lo, hi)
+
+
+# ---- report --------------------------------------------------------------------------
+async def run_bench(quick: bool, soak: float) -> dict:
+    scale = 0.25 if quick else 1.0
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = NatsServer(jetstream=True, store_dir=str(Path(tmp) / "js")).start()
+        try:
+            results.update(await phase_saturation(server.url, 15 * scale))
+            results.update(await phase_realistic(server.url, 30 * scale, soak=soak))
+            results.update(await phase_idle(server.url, 20 * scale))
+            results.update(await phase_completeness(server, 30 * scale))
+        finally:
+            server.stop()
+    return results
+
+
+def _table(r: dict) -> str:
+    rows = [
+        ("saturation: ticks/s to a subscriber", r["saturation_ticks_per_s"]),
+        ("saturation: daemon CPU µs per tick", r["saturation_cpu_us_per_tick"]),
+        ("saturation: raw nats-py loop msgs/s", r["raw_loop_msgs_per_s"]),
+        ("saturation ratio (target >= 0.7)", r["saturation_ratio"]),
+        ("realistic: ticks/s (50 symbols)", r["realistic_ticks_per_s"]),
+        ("realistic: CPU % of a core (whole process)", r["realistic_cpu_pct"]),
+        ("realistic: own CPU % (target <= 5)", r["realistic_own_cpu_pct"]),
+        ("realistic: inside terminal calls CPU %", r["realistic_terminal_cpu_pct"]),
+        ("latency p50 / p99 / p99.9 ms (p99 target <= 12)",
+         f'{r["latency_p50_ms"]} / {r["latency_p99_ms"]} / {r["latency_p999_ms"]}'),
+        ("RSS MB / growth % (target < 5)", f'{r["rss_mb"]} / {r["rss_growth_pct"]} over {r["rss_window_s"]} s'),
+        ("idle: CPU % (target <= 2)", r["idle_cpu_pct"]),
+        ("completeness (target 1.0, exact order)", f'{r["completeness"]} ({r["completeness_exact_order"]}, '
+                                                   f'{r["completeness_ticks"]} ticks)'),
+        ("naive symbol_info_tick loop completeness", r["naive_completeness"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(args) -> int:
+    results = anyio.run(run_bench, args.quick, args.soak)
+    print(json.dumps(results) if args.json else _table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "child":
+        sys.exit(_child_main(sys.argv[2]))
+    print("usage: mt5d bench [--json] [--soak SECONDS]", file=sys.stderr)
+    sys.exit(2)
