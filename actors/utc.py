@@ -16,17 +16,16 @@ _QUARTER_MS = 15 * 60 * 1000
 class UtcOffset:
     """Broker-time -> UTC in milliseconds: ``utc = broker - offset_ms``.
 
-    Feed it only ticks that just arrived (a live market), never history: the
-    server clock stands still when no ticks arrive (weekends). A new estimate
-    must be seen twice in a row before it replaces the old one, so one odd
-    tick cannot flip every timestamp.
+    Feed it only the newest tick that just arrived (a live market), never
+    history: the server clock stands still when no ticks arrive (weekends).
+    The poller observes before it converts a batch, so the first ticks after
+    a daylight-saving switch already get the new offset.
     """
 
     def __init__(self, fixed_seconds: int | None = None) -> None:
         self.fixed = fixed_seconds is not None
         self.offset_ms = (fixed_seconds or 0) * 1000
         self.known = self.fixed
-        self._candidate: int | None = None
 
     def observe(self, broker_msc: int, wall_ms: int) -> bool:
         """Feed the newest fresh tick time and the wall clock; True if the offset changed."""
@@ -34,12 +33,8 @@ class UtcOffset:
             return False
         estimate = round((broker_msc - wall_ms) / _QUARTER_MS) * _QUARTER_MS
         if self.known and estimate == self.offset_ms:
-            self._candidate = None
             return False
-        if self.known and estimate != self._candidate:
-            self._candidate = estimate
-            return False
-        self.offset_ms, self.known, self._candidate = estimate, True, None
+        self.offset_ms, self.known = estimate, True
         return True
 
     def to_utc_ms(self, broker_ms: int) -> int:

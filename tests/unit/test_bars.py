@@ -29,14 +29,14 @@ def test_bar_boundaries():
 
 
 def test_bar_published_once_when_a_newer_bar_exists():
-    tr = CandleTracker("M1", last_closed=0, next_check=60)
-    assert not tr.due(newest_tick_s=59, now_broker_s=59)
-    assert tr.due(newest_tick_s=60, now_broker_s=60)
-    out = tr.closed(rates([0, 60]), now_broker_s=60)
-    assert list(out["time"]) == [0]
-    assert tr.next_check == 120
+    tr = CandleTracker("M1", last_closed=0, next_check=120)
+    assert not tr.due(newest_tick_s=119, now_broker_s=119)
+    assert tr.due(newest_tick_s=120, now_broker_s=120)
+    out = tr.closed(rates([0, 60, 120]), now_broker_s=120)
+    assert list(out["time"]) == [60]
+    assert tr.next_check == 180
     # The same bars again (e.g. after a reconnect) publish nothing twice.
-    assert len(tr.closed(rates([0, 60]), now_broker_s=61)) == 0
+    assert len(tr.closed(rates([0, 60, 120]), now_broker_s=121)) == 0
 
 
 def test_quiet_bar_closes_by_the_clock_after_grace():

@@ -14,12 +14,17 @@ def test_fixed_offset():
 def test_auto_rounds_to_quarter_hours_and_follows_a_dst_switch():
     u = UtcOffset()
     wall = 1_800_000_000_000
-    assert u.observe(wall + 3 * H + 1234, wall)  # summer: UTC+3, tick 1.2 s old... in the future of wall
+    assert u.observe(wall + 3 * H - 1234, wall)  # summer: UTC+3, tick 1.2 s old
     assert u.offset_ms == 3 * H
-    assert not u.observe(wall + 3 * H - 4000, wall)  # a tick 4 s old: same offset
-    # Fall back to UTC+2: one odd tick is not enough, two in a row are.
-    assert not u.observe(wall + 2 * H, wall)
-    assert u.offset_ms == 3 * H
+    assert not u.observe(wall + 3 * H - 4000, wall)  # 4 s old: same offset
+    assert not u.observe(wall + 3 * H + 6 * 60_000, wall)  # a clock 6 min fast still rounds to +3
+    # Fall back to UTC+2 (the first tick after the switch).
     assert u.observe(wall + 2 * H + 100, wall + 100)
     assert u.offset_ms == 2 * H
     assert u.to_utc_ms(wall + 2 * H) == wall
+
+
+def test_half_hour_offsets():
+    u = UtcOffset()
+    assert u.observe(5 * H + 30 * 60_000 + 800, 0)  # UTC+05:30
+    assert u.offset_ms == 5 * H + 30 * 60_000

@@ -1,0 +1,157 @@
+"""The connection actor and the poller on virtual time (trio's MockClock), with the sim terminal.
+
+Judged by what the poller hands the publisher: every tick of the terminal's
+history, exactly once and in order, across faults.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections import defaultdict
+
+import anyio
+import pytest
+import trio.testing
+
+import actors.poller as poller_mod
+from actors.breaker import BreakerPolicy
+from actors.connection import Connection, Credentials, StateChange
+from actors.messages import Batch
+from actors.poller import Poller
+from actors.prices import PriceCache
+from actors.utc import UtcOffset
+from daemon.terminal.mt5_constants import TIMEFRAMES
+from daemon.terminal.sim import Fault, SimTerminal, default_symbols
+from daemon.terminal.thread import TerminalThread
+
+pytestmark = pytest.mark.anyio
+
+SYMBOLS = ("EURUSD", "EURUSD.m", "#AAPL")
+
+
+@pytest.fixture
+def anyio_backend():
+    return "trio", {"clock": trio.testing.MockClock(autojump_threshold=0)}
+
+
+class Rig:
+    def __init__(self, base: float, *, faults=(), tps=20.0, symbols=SYMBOLS, timeframes=("M1",), poll=0.05) -> None:
+        self.base = base
+        self.wall = lambda: base + anyio.current_time()
+        self.sim = SimTerminal(seed=11, clock=self.wall, ticks_per_second=tps, faults=list(faults),
+                               symbols=[s for s in default_symbols() if s.name in symbols])
+        self.changes_send, self.changes_recv = anyio.create_memory_object_stream[StateChange](1000)
+        self.out_send, self.out_recv = anyio.create_memory_object_stream[Batch](4)
+        self.conn = Connection(
+            module=self.sim, credentials=Credentials(login=10001234, password=None, server="", path=""),
+            symbols=symbols, policy=BreakerPolicy(max_failures=2, backoff_base_seconds=2.0, backoff_max_seconds=8.0),
+            connection_timeout=5.0, operation_timeout=5.0, events=self.changes_send,
+            thread=TerminalThread(inline=True), rand=lambda: 0.5,
+        )
+        self.utc = UtcOffset()
+        self.poller = Poller(conn=self.conn, timeframes=timeframes, out=self.out_send, prices=PriceCache(),
+                             utc=self.utc, poll_interval=poll, idle_interval=0.5, wall_clock=self.wall)
+        self.ticks = defaultdict(list)
+        self.candles = []
+        self.changes: list[str] = []
+
+    async def run_for(self, seconds: float) -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.conn.run)
+            await tg.start(self.poller.run)
+            tg.start_soon(self._collect)
+            tg.start_soon(self._watch)
+            await anyio.sleep(seconds)
+            tg.cancel_scope.cancel()
+
+    async def _collect(self) -> None:
+        async for batch in self.out_recv:
+            for t in batch.ticks:
+                self.ticks[t.symbol].append(t)
+            self.candles.extend(batch.candles)
+
+    async def _watch(self) -> None:
+        async for change in self.changes_recv:
+            self.changes.append(change.event)
+
+    def assert_exactly_once(self, symbol: str) -> None:
+        got = self.ticks[symbol]
+        assert got, f"no ticks for {symbol}"
+        first, last = got[0].time_msc_broker, got[-1].time_msc_broker
+        hist = self.sim.copy_ticks_range(symbol, first // 1000, last // 1000 + 1, -1)
+        expected = [(int(m), float(b), float(a)) for m, b, a in zip(hist["time_msc"], hist["bid"], hist["ask"])
+                    if first <= m <= last]
+        seen = [(t.time_msc_broker, t.bid, t.ask) for t in got]
+        start = expected.index(seen[0])
+        assert seen == expected[start:], f"{symbol}: {len(seen)} published vs {len(expected) - start} in history"
+
+
+BASE = calendar.timegm((2026, 3, 10, 9, 0, 0))
+
+
+async def test_every_tick_once_in_order_with_shared_milliseconds():
+    rig = Rig(BASE, tps=50.0)
+    await rig.run_for(30)
+    for s in SYMBOLS:
+        rig.assert_exactly_once(s)
+    shared = sum(1 for a, b in zip(rig.ticks["EURUSD"], rig.ticks["EURUSD"][1:])
+                 if a.time_msc_broker == b.time_msc_broker)
+    assert shared > 10  # the sim puts several ticks in one millisecond
+    # Winter: UTC+2.
+    assert all(t.time_msc_broker - t.time_utc_ms == 7_200_000 for t in rig.ticks["EURUSD"])
+
+
+async def test_more_ticks_than_one_fetch_returns(monkeypatch):
+    monkeypatch.setattr(poller_mod, "FETCH_COUNT", 7)
+    rig = Rig(BASE, tps=200.0, poll=0.5)
+    await rig.run_for(10)
+    for s in SYMBOLS:
+        rig.assert_exactly_once(s)
+
+
+async def test_disconnect_and_terminal_restart_fill_the_gap_from_history():
+    faults = [Fault("disconnect", 5.0, 3.0), Fault("restart", 20.0, 6.0), Fault("ipc_timeout", 40.0, 2.0)]
+    rig = Rig(BASE, faults=faults)
+    await rig.run_for(60)
+    for s in SYMBOLS:
+        rig.assert_exactly_once(s)
+    for event in ("disconnected", "breaker_open", "breaker_half_open", "breaker_closed", "connected"):
+        assert event in rig.changes
+    # Ticks stamped during the outages were published after it, from the terminal's history.
+    eur = [t.time_utc_ms for t in rig.ticks["EURUSD"]]
+    assert any(BASE * 1000 + 5_500 < m < BASE * 1000 + 7_500 for m in eur)
+    assert any(BASE * 1000 + 21_000 < m < BASE * 1000 + 25_000 for m in eur)
+
+
+async def test_candles_published_once_at_close_and_match_the_terminal():
+    rig = Rig(BASE + 30, timeframes=("M1", "M5"), faults=[Fault("disconnect", 100.0, 20.0)])
+    await rig.run_for(400)
+    for tf, n in (("M1", 6), ("M5", 1)):
+        bars = [c for c in rig.candles if c.symbol == "EURUSD" and c.timeframe == tf]
+        times = [c.time_broker for c in bars]
+        assert len(times) == len(set(times)) and times == sorted(times)
+        assert len(bars) >= n
+        rates = rig.sim.copy_rates_range("EURUSD", TIMEFRAMES[tf], times[0], times[-1])
+        by_time = {int(r["time"]): r for r in rates}
+        for c in bars:
+            r = by_time[c.time_broker]
+            assert (c.open, c.high, c.low, c.close, c.tick_volume) == (
+                float(r["open"]), float(r["high"]), float(r["low"]), float(r["close"]), int(r["tick_volume"]))
+            assert c.closed
+    m1 = [c.time_broker for c in rig.candles if c.symbol == "EURUSD" and c.timeframe == "M1"]
+    assert all(b - a == 60 for a, b in zip(m1, m1[1:]))  # none missing, even across the outage
+
+
+async def test_daylight_saving_switch_of_the_broker_clock():
+    # EU autumn switch 2026: 25 October 01:00 UTC (UTC+3 -> UTC+2).
+    switch = calendar.timegm((2026, 10, 25, 1, 0, 0))
+    rig = Rig(switch - 120, symbols=("EURUSD",), timeframes=(), poll=1.0, tps=2.0)
+    await rig.run_for(3 * 3600)
+    rig.assert_exactly_once("EURUSD")
+    ticks = rig.ticks["EURUSD"]
+    for t in ticks:
+        true_offset = rig.sim.utc_offset_seconds(t.time_utc_ms / 1000) * 1000
+        assert t.time_msc_broker - t.time_utc_ms == true_offset
+    assert {t.time_msc_broker - t.time_utc_ms for t in ticks} == {10_800_000, 7_200_000}
+    utc = [t.time_utc_ms for t in ticks]
+    assert utc == sorted(utc)
