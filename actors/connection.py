@@ -218,6 +218,7 @@ class Connection:
             selected, unknown = [], []
             for symbol in symbols:
                 try:
+                    api.symbol_info(symbol)  # -4: the terminal does not offer it
                     api.symbol_select(symbol, True)
                     selected.append(symbol)
                 except MT5ValidationError:

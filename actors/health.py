@@ -44,6 +44,7 @@ class Health:
         self._changes = changes
         self._out = out
         self._interval = interval
+        self._probe_timeout = max(interval, 1.0)
         self._stale_after = stale_after
         self._last_tick_at = last_tick_at
         self._alive = alive
@@ -67,11 +68,14 @@ class Health:
     async def probe(self) -> HealthEvent:
         """A fresh probe: one terminal round trip, timed."""
         t0 = anyio.current_time()
-        try:
-            await self._conn.run_call(probe, timeout=max(self._interval, 1.0))
-            self._latency_ms, self._probe_ok = round((anyio.current_time() - t0) * 1000, 3), True
-        except MT5Error:
-            self._latency_ms, self._probe_ok = None, False
+        self._latency_ms, self._probe_ok = None, False
+        # Bounded: a terminal call stuck ahead of the probe must not stop health events.
+        with anyio.move_on_after(self._probe_timeout):
+            try:
+                await self._conn.run_call(probe, timeout=self._probe_timeout)
+                self._latency_ms, self._probe_ok = round((anyio.current_time() - t0) * 1000, 3), True
+            except MT5Error:
+                pass
         event = self._event("probe", "")
         self._emit(event)
         self._feed_watchdog(event)

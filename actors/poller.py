@@ -56,7 +56,7 @@ class Poller:
         self._timeframes = timeframes
         self._out = out
         self._prices = prices
-        self._utc = utc
+        self.utc = utc
         self._poll = poll_interval
         self._idle = idle_interval
         self._wall = wall_clock
@@ -94,7 +94,7 @@ class Poller:
         symbols = self._conn.selected
         cursors = {s: self.cursors.get(s) for s in symbols}
         wall = self._wall()
-        now_broker_s = int(wall + self._utc.offset_ms / 1000) if self._utc.known else None
+        now_broker_s = int(wall + self.utc.offset_ms / 1000) if self.utc.known else None
         due = [
             (key, tr) for key, tr in self.trackers.items()
             if key[0] in cursors and (now_broker_s is None or tr.due(self._newest_s.get(key[0], 0), now_broker_s))
@@ -127,14 +127,14 @@ class Poller:
                 continue
             newest_fresh = max(newest_fresh, int(fresh["time_msc"][-1]))
         if newest_fresh:
-            if self._utc.observe(newest_fresh, wall_ms):
-                log.info("broker clock offset", extra={"offset_seconds": self._utc.offset_ms / 1000})
-        off = self._utc.offset_ms
+            if self.utc.observe(newest_fresh, wall_ms):
+                log.info("broker clock offset", extra={"offset_seconds": self.utc.offset_ms / 1000})
+        off = self.utc.offset_ms
         for symbol, (fresh, cursor, is_start) in ticks_by_symbol.items():
             if is_start:
                 self._newest_s[symbol] = cursor.last_msc // 1000
-                if not self._utc.known and cursor.last_msc:
-                    self._utc.observe(cursor.last_msc, wall_ms)
+                if not self.utc.known and cursor.last_msc:
+                    self.utc.observe(cursor.last_msc, wall_ms)
                 continue
             if not len(fresh):
                 continue

@@ -66,6 +66,7 @@ class Daemon:
             connection_timeout=cfg.terminal.connection_timeout,
             operation_timeout=cfg.terminal.operation_timeout,
             events=self._changes_send,
+            max_auth_failures=cfg.terminal.auth_retries,
         )
         off = cfg.stream.server_utc_offset
         self.poller = Poller(
@@ -112,7 +113,8 @@ class Daemon:
                     from actors.rpc import RpcService
 
                     self.rpc = RpcService(nc=self.nc, cfg=cfg, account=self.account, conn=self.conn,
-                                          prices=self.prices, health=self.health, codec=self.codec)
+                                          prices=self.prices, health=self.health, codec=self.codec,
+                                          utc=self.poller.utc, wall_clock=self.wall_clock)
                     await tg.start(sup.child, "rpc", self.rpc.run)
                 st = self.conn.status()
                 log.info("mt5d ready", extra={"account": self.account, "breaker": st.breaker,

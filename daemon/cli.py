@@ -51,12 +51,20 @@ def cmd_run(args) -> int:
     if cfg is None:
         return EX_CONFIG
     from daemon.logs import register_secret, setup_logging
-    from daemon.secrets import load_secrets
+    from daemon.secrets import SecretError, load_secrets, nats_creds_path
 
     setup_logging(cfg.logging.level, dict(cfg.logging.levels))
-    secrets = load_secrets(env_file=Path(args.config).parent / ".env")
-    for value in secrets.values():
-        register_secret(value.reveal())
+    try:
+        secrets: dict = load_secrets(env_file=Path(args.config).parent / ".env")
+        creds = nats_creds_path(cfg.nats.creds_file)
+    except SecretError as err:
+        print(f"mt5d: config error: {err}", file=sys.stderr)
+        return EX_CONFIG
+    for name, value in secrets.items():
+        register_secret(value)
+        log.info("secret loaded", extra={"secret": name, "source": value.source})
+    if creds:
+        secrets["NATS_CREDS_PATH"] = creds[0]
     server = None
     if cfg.nats.embedded:
         from daemon.natsserver import NatsServer

@@ -52,6 +52,8 @@ class TerminalConfig(_Section):
     path: str = ""
     connection_timeout: PositiveFloat = 5.0
     operation_timeout: PositiveFloat = 10.0
+    # Failed logins in a row (each after the maximum backoff) before exiting with code 79.
+    auth_retries: PositiveInt = 3
     # rpyc bridge (mt5linux-style classic server)
     rpyc_host: str = "127.0.0.1"
     rpyc_port: Annotated[int, msgspec.Meta(gt=0, lt=65536)] = 18812

@@ -36,7 +36,8 @@ async def connect_nats(
     """Connect, retrying until it works (a daemon outlives a late NATS).
 
     ``secrets`` holds daemon.secrets.Secret values under NATS_PASSWORD,
-    NATS_TOKEN, NATS_NKEY_SEED; they are revealed only here.
+    NATS_TOKEN, NATS_NKEY_SEED (revealed only here), and the .creds file
+    path under NATS_CREDS_PATH.
     """
     opts: dict = dict(
         servers=[cfg.url],
@@ -60,8 +61,9 @@ async def connect_nats(
         opts["token"] = secrets["NATS_TOKEN"].reveal()
     if secrets.get("NATS_NKEY_SEED") is not None:
         opts["nkeys_seed_str"] = secrets["NATS_NKEY_SEED"].reveal()
-    if cfg.creds_file:
-        opts["user_credentials"] = cfg.creds_file
+    creds = secrets.get("NATS_CREDS_PATH")  # a path (not a secret itself): nats-py re-reads it on reconnect
+    if creds:
+        opts["user_credentials"] = str(creds)
     tls = _tls(cfg)
     if tls is not None:
         opts["tls"] = tls

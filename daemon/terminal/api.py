@@ -29,11 +29,14 @@ __all__ = ["TerminalApi", "translate_error"]
 _CONNECTION_CODES = {-10000, -10001, -10002, -10004}
 
 
-def translate_error(code: int, description: str, what: str) -> MT5Error:
+def translate_error(code: int, description: str, what: str, *, args_fail: bool = False) -> MT5Error:
     """Map an MT5 ``last_error()`` pair to the error family.
 
     The message names the operation and the terminal's own short description
     (e.g. "IPC timeout"), which carries no credentials; arguments stay out.
+    ``args_fail``: for history reads and symbol selection the terminal answers
+    a request it cannot serve (no such bars, unknown symbol) with a generic
+    -1; that is the caller's mistake, not a terminal failure.
     """
     text = f"{what} failed: {description} ({code})"
     if code == -6:
@@ -44,7 +47,7 @@ def translate_error(code: int, description: str, what: str) -> MT5Error:
         return MT5ConnectionError(text, code)
     if code == -10005:
         return MT5TimeoutError(text, code)
-    if code in (-2, -4):
+    if code in (-2, -4) or (code == -1 and args_fail):
         return MT5ValidationError(text, code)
     return MT5ConnectionError(text, code)
 
@@ -61,10 +64,10 @@ class TerminalApi:
         # rpyc: turn a remote result into a local one in one round trip.
         self._copy = copy_result or (lambda value: value)
 
-    def _check(self, result: Any, what: str) -> Any:
+    def _check(self, result: Any, what: str, *, args_fail: bool = False) -> Any:
         if result is None or result is False:
             code, description = self._mt5.last_error()
-            raise translate_error(int(code), str(description), what)
+            raise translate_error(int(code), str(description), what, args_fail=args_fail)
         return self._copy(result)
 
     # connection -------------------------------------------------------
@@ -95,7 +98,7 @@ class TerminalApi:
         return self._check(self._mt5.symbol_info(symbol), f"symbol_info({symbol})")
 
     def symbol_select(self, symbol: str, enable: bool = True) -> None:
-        self._check(self._mt5.symbol_select(symbol, enable), f"symbol_select({symbol})")
+        self._check(self._mt5.symbol_select(symbol, enable), f"symbol_select({symbol})", args_fail=True)
 
     def symbol_info_tick(self, symbol: str):
         return self._check(self._mt5.symbol_info_tick(symbol), f"symbol_info_tick({symbol})")
@@ -113,12 +116,18 @@ class TerminalApi:
 
     def copy_rates_from_pos(self, symbol: str, timeframe: int, pos: int, count: int) -> np.ndarray:
         arr = self._check(self._mt5.copy_rates_from_pos(symbol, timeframe, pos, count),
-                          f"copy_rates_from_pos({symbol})")
+                          f"copy_rates_from_pos({symbol})", args_fail=True)
+        return _checked_rates(arr, symbol)
+
+    def copy_rates_from(self, symbol: str, timeframe: int, from_sec: int, count: int) -> np.ndarray:
+        """``count`` bars opened at or before ``from_sec`` (broker seconds), oldest first."""
+        arr = self._check(self._mt5.copy_rates_from(symbol, timeframe, _as_int(from_sec), count),
+                          f"copy_rates_from({symbol})", args_fail=True)
         return _checked_rates(arr, symbol)
 
     def copy_rates_range(self, symbol: str, timeframe: int, from_sec: int, to_sec: int) -> np.ndarray:
         arr = self._check(self._mt5.copy_rates_range(symbol, timeframe, _as_int(from_sec), _as_int(to_sec)),
-                          f"copy_rates_range({symbol})")
+                          f"copy_rates_range({symbol})", args_fail=True)
         return _checked_rates(arr, symbol)
 
 

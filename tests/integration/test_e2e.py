@@ -14,7 +14,7 @@ import pytest
 
 from daemon.app import Daemon
 from daemon.natsserver import NatsServer
-from tests.integration.helpers import Collector, make_config, running, unique_account
+from tests.integration.helpers import Collector, RpycBridge, make_config, running, unique_account
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,14 +25,33 @@ def anyio_backend():
     return "asyncio"
 
 
-async def test_ticks_for_every_symbol_health_and_a_candle_at_bar_close(nats_url):
+@pytest.fixture(params=["sim", "rpyc"])
+def terminal(request):
+    """Terminal config: the sim in process, or the sim behind a real rpyc classic bridge.
+    Returns a function of the sim's options (seed, ticks_per_second, faults) -> [terminal] values."""
+    bridges = []
+
+    def make(**sim):
+        if request.param == "sim":
+            sim.pop("clock_shift", None)  # the in-process sim takes the daemon's wall clock
+            return {"backend": "sim", "sim": sim}
+        bridge = RpycBridge(**sim)
+        bridges.append(bridge)
+        return {"backend": "rpyc", "rpyc_port": bridge.port}
+
+    yield make
+    for b in bridges:
+        b.stop()
+
+
+async def test_ticks_for_every_symbol_health_and_a_candle_at_bar_close(nats_url, terminal):
     account = unique_account("e2e")
-    cfg = make_config(nats_url, account, stream={"timeframes": ["M1"]})
-    # Shift the wall clock so a minute ends ~2 s after start: a bar close comes quickly.
-    shift = 58 - time.time() % 60
-    if shift < 0:
-        shift += 60
-    daemon = Daemon(cfg, wall_clock=lambda: time.time() + shift)
+    # Shift the clocks so a minute ends ~2 s after start: a bar close comes quickly.
+    shift = (58 - time.time() % 60) % 60
+    term = terminal(seed=42, clock_shift=shift)
+    wall = lambda: time.time() + shift  # noqa: E731
+    cfg = make_config(nats_url, account, stream={"timeframes": ["M1"]}, terminal=term)
+    daemon = Daemon(cfg, wall_clock=wall)
     col = await Collector(account).start(nats_url)
     try:
         async with running(daemon):
@@ -55,13 +74,10 @@ async def test_ticks_for_every_symbol_health_and_a_candle_at_bar_close(nats_url)
     assert c.close_time_utc_ms - c.time_utc_ms == 60_000
 
 
-async def test_scripted_disconnect_is_survived_and_visible_in_health(nats_url):
+async def test_scripted_disconnect_is_survived_and_visible_in_health(nats_url, terminal):
     account = unique_account("fault")
-    cfg = make_config(
-        nats_url, account,
-        stream={"symbols": ["EURUSD", "GBPUSD"], "timeframes": []},
-        terminal={"sim": {"ticks_per_second": 20.0, "faults": [{"kind": "disconnect", "at": 1.0, "duration": 3.0}]}},
-    )
+    term = terminal(ticks_per_second=20.0, faults=[{"kind": "disconnect", "at": 2.0, "duration": 3.0}])
+    cfg = make_config(nats_url, account, stream={"symbols": ["EURUSD", "GBPUSD"], "timeframes": []}, terminal=term)
     daemon = Daemon(cfg)
     col = await Collector(account).start(nats_url)
     try:

@@ -1,0 +1,437 @@
+"""The RPC service: account data, prices and history over NATS request-reply.
+
+``nats.micro`` service "mt5d", endpoints under ``<prefix>.<account>.rpc.``
+(``$SRV.PING/INFO/STATS`` come with it). The contract (requests, replies,
+error replies, paging) is ``schemas.rpc``; this module only answers.
+
+nats.micro calls one handler at a time per endpoint, so a handler never
+waits on the terminal: it parses and checks the request (cheap, answered at
+once when invalid), then hands the work to a task of the service's own task
+group and returns. At most ``rpc.max_in_flight`` requests are being worked on;
+past that a request is refused at once with 503 "busy" instead of queueing
+without bound. ``price`` is answered inline from the poller's cache (no
+terminal round trip, no await but the reply), so it is never stuck behind
+history requests. Everything that needs the terminal goes through
+``Connection.run_call`` (the one terminal thread, behind the breaker).
+
+Errors: an ``MT5Error`` becomes its status (validation 400, breaker open or
+busy 503, timeout 504, connection/terminal/data 502) with its safe message;
+anything else is a bug on our side and becomes 500 "internal error". The
+detail goes to the ``mt5d.rpc`` log, never into the reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import anyio
+import msgspec
+import nats.micro
+import numpy as np
+from anyio.abc import TaskStatus
+
+from actors.bars import TIMEFRAME_SECONDS, bar_end
+from actors.cursor import TickCursor, new_ticks
+from actors.utc import UtcOffset
+from daemon.terminal.api import TerminalApi
+from daemon.terminal.mt5_constants import COPY_TICKS_ALL, TICK_DTYPE, TIMEFRAMES
+from schemas.codec import Codec
+from schemas.errors import (
+    MT5CircuitBreakerOpen,
+    MT5Error,
+    MT5StateError,
+    MT5TimeoutError,
+    MT5ValidationError,
+)
+from schemas.market import Candle, Tick
+from schemas.rpc import (
+    ENDPOINTS,
+    MAX_CANDLES,
+    REPLY_HEADROOM,
+    AccountReply,
+    CandlesReply,
+    CandlesRequest,
+    PriceReply,
+    PriceRequest,
+    Quote,
+    ReconnectReply,
+    SymbolsReply,
+    TicksReply,
+    TicksRequest,
+    account_reply,
+    error_response,
+    page_candles,
+    page_ticks,
+    parse_request,
+    symbol_spec,
+)
+from schemas.subjects import rpc_group
+
+__all__ = ["RpcService", "fetch_ticks", "SERVICE_NAME"]
+
+log = logging.getLogger("mt5d.rpc")
+
+SERVICE_NAME = "mt5d"
+# A bar counts as closed this long after its end (the poller's CandleTracker grace).
+CLOSE_GRACE_S = 2
+# Tick history: the first copy_ticks_from asks for at most this many ticks, later ones 4x more.
+FIRST_FETCH = 1024
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mt5d")
+    except Exception:
+        return "0.1.0"
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """User input echoed in a message: ASCII repr, cut short."""
+    r = ascii(text)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+class RpcService:
+    """The ``mt5d`` nats.micro service of one account."""
+
+    def __init__(
+        self,
+        *,
+        nc,
+        cfg,
+        account: str,
+        conn,
+        prices,
+        health,
+        codec: Codec,
+        utc: UtcOffset | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,  # the PriceCache's clock
+    ) -> None:
+        self._nc = nc
+        self._cfg = cfg
+        self._account = account
+        self._conn = conn
+        self._prices = prices
+        self._health = health
+        self._codec = codec
+        self._utc = utc if utc is not None else UtcOffset(None)
+        self._wall = wall_clock
+        self._mono = monotonic
+        self._max_in_flight = cfg.rpc.max_in_flight
+        term = cfg.terminal
+        # A request may need a connect first, then its own call: never wait longer than both.
+        self._deadline = term.connection_timeout + term.operation_timeout + 1.0
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._tick_size: dict[str, int] = {}
+        self.in_flight = 0
+        self.refused_busy = 0
+        self.service: nats.micro.Service | None = None
+        self._work: dict[str, Callable[[Any], Awaitable[Any]]] = {
+            "account": self._account_info,
+            "candles": self._candles,
+            "ticks": self._ticks,
+            "symbols": self._symbols,
+            "health": self._probe,
+            "reconnect": self._reconnect,
+        }
+
+    # ---- the actor ------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        svc = await nats.micro.add_service(
+            self._nc, name=SERVICE_NAME, version=_version(),
+            description="mt5d: account data, prices and history of one MetaTrader 5 terminal",
+            metadata={"account": self._account},
+        )
+        self.service = svc
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                group = svc.add_group(name=rpc_group(self._cfg.nats.prefix, self._account))
+                for name in ENDPOINTS:
+                    await group.add_endpoint(name=name, handler=self._handler(name))
+                await self._nc.flush()  # the server has the subscriptions: we answer from now on
+                log.info("rpc service up", extra={"group": rpc_group(self._cfg.nats.prefix, self._account),
+                                                  "endpoints": list(ENDPOINTS),
+                                                  "max_in_flight": self._max_in_flight})
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._tg = None
+            with anyio.move_on_after(2, shield=True):
+                try:
+                    await svc.stop()
+                except Exception as err:  # the connection may already be closed
+                    log.debug("rpc service stop failed", extra={"error": type(err).__name__})
+
+    def _handler(self, name: str):
+        async def handle(req) -> None:
+            await self._accept(name, req)
+
+        return handle
+
+    # ---- intake: runs on nats.micro's per-endpoint task; never waits on the terminal
+    async def _accept(self, name: str, req) -> None:
+        try:
+            request = parse_request(req.data, ENDPOINTS[name][0])
+            if name == "price":
+                reply = self._price(request)
+                await self._respond(name, req, self._codec.encode(reply))
+                return
+            self._precheck(request)
+        except Exception as err:  # noqa: BLE001 - every failure becomes an error reply
+            await self._fail(name, req, err)
+            return
+        tg = self._tg
+        if tg is None:
+            await self._fail(name, req, MT5CircuitBreakerOpen("mt5d is starting or stopping; retry shortly"))
+            return
+        if self.in_flight >= self._max_in_flight:
+            self.refused_busy += 1
+            await self._fail(name, req, MT5CircuitBreakerOpen(
+                f"mt5d is busy ({self.in_flight} requests in flight); retry shortly"))
+            return
+        self.in_flight += 1
+        tg.start_soon(self._serve, name, req, request, name=f"rpc.{name}")
+
+    async def _serve(self, name: str, req, request) -> None:
+        try:
+            try:
+                with anyio.move_on_after(self._deadline) as scope:
+                    reply = await self._work[name](request)
+                if scope.cancelled_caught:
+                    raise MT5TimeoutError(f"{name} did not complete within {self._deadline:g} s")
+                data = self._codec.encode(reply)
+            except Exception as err:  # noqa: BLE001 - cancellation (a BaseException) passes through
+                await self._fail(name, req, err)
+                return
+            await self._respond(name, req, data)
+        finally:
+            self.in_flight -= 1
+
+    async def _respond(self, name: str, req, data: bytes) -> None:
+        try:
+            await req.respond(data)
+        except ValueError:
+            pass  # published without a reply subject: nobody to answer
+        except Exception as err:  # noqa: BLE001 - too big, connection closed...: the caller times out
+            log.warning("rpc reply not sent", extra={"endpoint": name, "error": type(err).__name__,
+                                                     "detail": str(err)[:200], "bytes": len(data)})
+
+    async def _fail(self, name: str, req, err: BaseException) -> None:
+        if isinstance(err, MT5Error):
+            level = logging.INFO if err.status < 500 else logging.WARNING
+            log.log(level, "rpc request failed", extra={
+                "endpoint": name, "status": err.status, "error": type(err).__name__,
+                "mt5_code": err.code, "detail": err.message[:500], "request_bytes": len(req.data)})
+        else:
+            log.error("rpc handler bug", extra={"endpoint": name, "error": type(err).__name__,
+                                                "detail": str(err)[:500], "request_bytes": len(req.data)},
+                      exc_info=err)
+        code, description, body = error_response(err)
+        try:
+            await req.respond_error(code, description, data=body)
+        except ValueError:
+            pass  # no reply subject
+        except Exception as e:  # noqa: BLE001
+            log.warning("rpc error reply not sent", extra={"endpoint": name, "error": type(e).__name__})
+
+    # ---- checks ---------------------------------------------------------
+    def _precheck(self, request) -> None:
+        symbol = getattr(request, "symbol", None)
+        if isinstance(request, (CandlesRequest, TicksRequest)):
+            self._check_symbol(symbol)
+
+    def _known_symbols(self) -> tuple[str, ...]:
+        selected = self._conn.selected
+        if selected:
+            return selected
+        # Not connected yet: the configured symbols the terminal has not refused
+        # (the request then meets the breaker, not a misleading "unknown symbol").
+        return tuple(s for s in self._cfg.stream.symbols if s not in self._conn.unknown)
+
+    def _check_symbol(self, symbol: str) -> None:
+        if symbol not in self._known_symbols():
+            raise MT5ValidationError(f"unknown symbol {_shown(symbol)}: not one of the symbols this daemon streams")
+
+    def _offset_ms(self) -> int:
+        if not self._utc.known:
+            raise MT5StateError("the broker clock offset is not known yet; retry in a moment")
+        return self._utc.offset_ms
+
+    def _max_payload(self) -> int:
+        return int(getattr(self._nc, "max_payload", 0) or 1024 * 1024)
+
+    # ---- endpoints --------------------------------------------------------
+    def _price(self, req: PriceRequest) -> PriceReply:
+        if req.symbol is not None:
+            self._check_symbol(req.symbol)
+        now = self._mono()
+        prices: dict[str, Quote] = {}
+        missing: list[str] = []
+        for symbol in dict.fromkeys(req.wanted):
+            hit = self._prices.get(symbol)
+            if hit is None:
+                missing.append(symbol)
+                continue
+            tick, received = hit
+            prices[symbol] = Quote(tick=tick, age_ms=max(0, int((now - received) * 1000)))
+        return PriceReply(prices=prices, missing=missing)
+
+    async def _account_info(self, req) -> AccountReply:
+        info = await self._conn.run_call(lambda api: api.account_info())
+        return account_reply(info)
+
+    async def _symbols(self, req) -> SymbolsReply:
+        conn = self._conn
+
+        def hop(api: TerminalApi):
+            out, refused = [], []
+            for symbol in conn.selected:  # read after a (re)connect selected them
+                try:
+                    out.append((symbol, api.symbol_info(symbol)))
+                except MT5ValidationError:
+                    refused.append(symbol)
+            return out, refused
+
+        infos, refused = await conn.run_call(hop)
+        if refused:
+            log.warning("symbol_info refused", extra={"symbols": refused})
+        specs = []
+        for symbol, info in infos:
+            spec = symbol_spec(info)
+            specs.append(spec if spec.symbol == symbol else msgspec.structs.replace(spec, symbol=symbol))
+        return SymbolsReply(symbols=specs)
+
+    async def _probe(self, req):
+        return await self._health.probe()
+
+    async def _reconnect(self, req) -> ReconnectReply:
+        log.warning("reconnect requested over rpc", extra={"account": self._account})
+        await self._conn.reconnect()
+        return ReconnectReply(ok=True)
+
+    async def _candles(self, req: CandlesRequest) -> CandlesReply:
+        off = self._offset_ms()
+        symbol, tf = req.symbol, req.timeframe
+        code = TIMEFRAMES[tf]
+        more_in_range = False
+        if req.mode == "latest":
+            count = req.count
+            rates = await self._conn.run_call(lambda api: api.copy_rates_from_pos(symbol, code, 0, count))
+        elif req.mode == "before":
+            to_s, count = (req.end + off) // 1000, req.count
+            rates = await self._conn.run_call(lambda api: api.copy_rates_from(symbol, code, to_s, count))
+            rates = rates[rates["time"] <= to_s]
+        else:
+            from_s = -((-(req.start + off)) // 1000)  # bars opened at or after start
+            to_s = (req.end + off) // 1000
+            if to_s < from_s:
+                rates = None
+            else:
+                step = TIMEFRAME_SECONDS[tf] or 28 * 86400
+                if (to_s - from_s) // step + 1 <= MAX_CANDLES:
+                    rates = await self._conn.run_call(
+                        lambda api: api.copy_rates_range(symbol, code, from_s, to_s))
+                else:
+                    # A long range: the newest MAX_CANDLES bars of it, and "more" for the older part.
+                    rates = await self._conn.run_call(
+                        lambda api: api.copy_rates_from(symbol, code, to_s, MAX_CANDLES))
+                    more_in_range = len(rates) >= MAX_CANDLES and int(rates["time"][0]) > from_s
+            if rates is not None:
+                times = rates["time"]
+                rates = rates[(times >= from_s) & (times <= to_s)]
+        candles = self._to_candles(symbol, tf, rates, off)
+        reply = page_candles(candles, self._codec, self._max_payload())
+        if more_in_range and not reply.more and reply.candles:
+            reply = CandlesReply(candles=reply.candles, more=True, next_end=reply.candles[0].time_utc_ms - 1)
+        return reply
+
+    def _to_candles(self, symbol: str, tf: str, rates, off_ms: int) -> list[Candle]:
+        if rates is None or not len(rates):
+            return []
+        now_broker_s = int(self._wall() + off_ms / 1000)
+        out = []
+        for t, o, h, lo, c, tick_volume, spread, real_volume in rates.tolist():
+            end = bar_end(tf, t)
+            out.append(Candle(symbol=symbol, timeframe=tf, time_broker=t, time_utc_ms=t * 1000 - off_ms,
+                              close_time_utc_ms=end * 1000 - off_ms, open=o, high=h, low=lo, close=c,
+                              tick_volume=tick_volume, spread=spread, real_volume=real_volume, closed=True))
+        last = out[-1]
+        if now_broker_s < bar_end(tf, last.time_broker) + CLOSE_GRACE_S:
+            out[-1] = msgspec.structs.replace(last, closed=False)  # the forming bar
+        return out
+
+    async def _ticks(self, req: TicksRequest) -> TicksReply:
+        off = self._offset_ms()
+        symbol = req.symbol
+        start_b, end_b = req.start + off, req.end + off
+        # Never materialise more than one reply can carry: past ``limit`` ticks the
+        # encoded reply is surely over max_payload, so page_ticks cuts and says "more".
+        max_payload = self._max_payload()
+        limit = min(req.count, (max_payload - REPLY_HEADROOM) // self._min_tick_bytes(symbol) + 1)
+        now_broker_s = int(self._wall() + off / 1000)
+        arr = await self._conn.run_call(
+            lambda api: fetch_ticks(api, symbol, start_b, end_b, req.skip, limit, now_broker_s))
+        ticks = [
+            Tick(symbol=symbol, time_msc_broker=msc, time_utc_ms=msc - off, bid=bid, ask=ask, last=last,
+                 volume=volume, volume_real=volume_real, flags=flags)
+            for _t, bid, ask, last, volume, msc, flags, volume_real in arr.tolist()
+        ]
+        return page_ticks(req, ticks, self._codec, max_payload)
+
+    def _min_tick_bytes(self, symbol: str) -> int:
+        """A lower bound of what one more tick adds to an encoded TicksReply (zeros encode shortest)."""
+        size = self._tick_size.get(symbol)
+        if size is None:
+            zero = Tick(symbol=symbol, time_msc_broker=0, time_utc_ms=0, bid=0.0, ask=0.0, last=0.0, volume=0,
+                        volume_real=0.0, flags=0)
+            one = len(self._codec.encode(TicksReply(ticks=[zero], more=True)))
+            two = len(self._codec.encode(TicksReply(ticks=[zero, zero], more=True)))
+            size = max(1, two - one)
+            if len(self._tick_size) < 4096:
+                self._tick_size[symbol] = size
+        return size
+
+
+def fetch_ticks(api: TerminalApi, symbol: str, start_b: int, end_b: int, skip: int, limit: int,
+                now_broker_s: int) -> np.ndarray:
+    """Runs on the terminal thread: ticks with broker ``time_msc`` in [start_b, end_b],
+    oldest first, the first ``skip`` of those at ``start_b`` itself left out, at most ``limit``.
+
+    ``copy_ticks_from`` with a count (so the terminal never materialises more
+    than we can use, whatever the range: a year of ticks is never loaded for
+    one page), continued from a tick cursor (whole seconds in, several ticks per
+    millisecond: the poller's de-duplication), the count growing geometrically
+    so a short range costs one small call."""
+    if start_b > end_b or start_b // 1000 > now_broker_s + 86400:
+        return np.empty(0, dtype=TICK_DTYPE)  # nothing can be there (and no absurd date reaches the terminal)
+    cursor = TickCursor(start_b, skip)
+    chunks: list[np.ndarray] = []
+    got = 0
+    cap, pad = FIRST_FETCH, 64
+    while got < limit:
+        want = limit - got
+        n = min(cap, want + min(cursor.seen, 100_000) + pad)
+        arr = api.copy_ticks_from(symbol, cursor.from_second, n, COPY_TICKS_ALL)
+        fresh, _ = new_ticks(arr, cursor)
+        k = int(np.searchsorted(fresh["time_msc"], end_b, side="right"))
+        take = fresh[: min(k, want)]
+        if len(take):
+            chunks.append(take)
+            got += len(take)
+            last = int(take["time_msc"][-1])
+            upto = len(arr) - len(fresh) + len(take)  # index in arr just after the last tick taken
+            cursor = TickCursor(last, upto - int(np.searchsorted(arr["time_msc"], last, side="left")))
+        if k < len(fresh) or len(arr) < n:
+            break  # past the end of the range, or no newer ticks exist
+        if not len(take):
+            pad = 4 * n  # the cursor's second holds more than n ticks before the cursor: ask for more
+        cap *= 4  # a full fetch: there is more, so fetch more at once
+    if not chunks:
+        return np.empty(0, dtype=TICK_DTYPE)
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
