@@ -82,7 +82,9 @@ async def test_scripted_disconnect_is_survived_and_visible_in_health(nats_url, t
     col = await Collector(account).start(nats_url)
     try:
         async with running(daemon):
-            await col.wait_for(lambda: any(not h.connection_ok for h in col.health), timeout=5)
+            await col.wait_for(lambda: any(h.connection_ok for h in col.health), timeout=5)
+            up_at = len(col.health)
+            await col.wait_for(lambda: any(not h.connection_ok for h in col.health[up_at:]), timeout=5)
             down_at = len(col.health)
             await col.wait_for(
                 lambda: any(h.connection_ok and h.breaker == "closed" for h in col.health[down_at:]), timeout=10)
@@ -130,7 +132,7 @@ def test_run_stops_cleanly_on_signal_with_embedded_server(tmp_path, signum):
         assert time.monotonic() < deadline, "daemon did not become ready"
     assert server_pid
     proc.send_signal(signum)
-    rest, _ = proc.communicate(timeout=15)
+    _, rest = proc.communicate(timeout=15)
     lines += rest.splitlines()
     assert proc.returncode == 0, "".join(lines[-5:])
     assert "Traceback" not in "".join(lines)

@@ -427,9 +427,9 @@ class Market:
 
     def _patch_minute(self, mdl: SymbolModel, blk: np.ndarray, d: int, i: int, now_bms: int) -> None:
         m = d * DAY_MIN + i
-        arr, px = self.minute_ticks(mdl, m)
-        if len(arr) and arr["time_msc"][-1] > now_bms:
-            cut = int(np.searchsorted(arr["time_msc"], now_bms, "right"))
+        arr, px, t = self.minute_ticks(mdl, m)
+        if len(arr) and t[-1] > now_bms:
+            cut = int(t.searchsorted(now_bms, "right"))
             arr, px = arr[:cut], px[:cut]
         if len(arr) == 0:
             blk[N, i] = 0
@@ -469,13 +469,14 @@ class Market:
             i = j + 1
 
     # -- ticks ------------------------------------------------------------------
-    def minute_ticks(self, mdl: SymbolModel, m: int) -> tuple[np.ndarray, np.ndarray]:
+    def minute_ticks(self, mdl: SymbolModel, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ticks, bid points, contiguous time_msc) of broker minute ``m``, stall-filtered, cached."""
         key = (mdl.index, m)
         hit = self._ticks.get(key)
         if hit is not None:
             return hit[0]
         if m < HISTORY_START_MIN or self.quiet:
-            got = (EMPTY_TICKS, _EMPTY_PTS)
+            got = (EMPTY_TICKS, _EMPTY_PTS, _EMPTY_PTS)
         else:
             d, i = divmod(m, DAY_MIN)
             r = self.raw_day(mdl, d)[:, i]
@@ -485,7 +486,7 @@ class Market:
                     t = arr["time_msc"]
                     keep = (t < s0) | (t >= s1)
                     arr, px = arr[keep], px[keep]
-            got = (arr, px)
+            got = (arr, px, np.ascontiguousarray(arr["time_msc"]))
         self._ticks.put(key, got, max(1, len(got[0])))
         return got
 
@@ -531,13 +532,12 @@ class Market:
         parts = []
         got = 0
         for m in self._busy_minutes(mdl, m0, m1):
-            arr = self.minute_ticks(mdl, m)[0]
+            arr, _, t = self.minute_ticks(mdl, m)
             ln = len(arr)
             if not ln:
                 continue
-            t = arr["time_msc"]
-            lo = 0 if m * 60000 >= from_ms else int(np.searchsorted(t, from_ms, "left"))
-            hi = ln if t[-1] <= to_ms else int(np.searchsorted(t, to_ms, "right"))
+            lo = 0 if m * 60000 >= from_ms else int(t.searchsorted(from_ms, "left"))
+            hi = ln if t[-1] <= to_ms else int(t.searchsorted(to_ms, "right"))
             if hi <= lo:
                 continue
             if hi - lo > cap - got:
@@ -562,10 +562,9 @@ class Market:
         if self.quiet:
             return None
         m = now_bms // 60000
-        arr = self.minute_ticks(mdl, m)[0]
+        arr, _, t = self.minute_ticks(mdl, m)
         if len(arr):
-            t = arr["time_msc"]
-            i = int(np.searchsorted(t, now_bms, "right"))
+            i = int(t.searchsorted(now_bms, "right"))
             if i > 0:
                 until = int(t[i]) if i < len(arr) else (m + 1) * 60000
                 tick = make(arr[i - 1].item())
@@ -578,13 +577,12 @@ class Market:
             if i_end >= 0:
                 nz = np.flatnonzero(self.raw_day(mdl, d)[N, :i_end + 1])
                 for q in nz[::-1].tolist():
-                    arr = self.minute_ticks(mdl, d * DAY_MIN + q)[0]
+                    arr, _, tq = self.minute_ticks(mdl, d * DAY_MIN + q)
                     if len(arr):
                         tick = make(arr[-1].item())
                         # valid until the current minute's first tick (if it has one yet)
-                        cur = self.minute_ticks(mdl, m)[0]
-                        until = int(cur["time_msc"][0]) if len(cur) else (m + 1) * 60000
-                        self._last[mdl.index] = (int(arr["time_msc"][-1]), until, tick)
+                        until = int(t[0]) if len(t) else (m + 1) * 60000
+                        self._last[mdl.index] = (int(tq[-1]), until, tick)
                         return tick
             d -= 1
             i_end = DAY_MIN - 1
