@@ -34,7 +34,7 @@ class Gate:
         """Permission to call; raises ``MT5CircuitBreakerOpen``. True for the half-open trial."""
         self.state, decision = transition(self.state, Request(), now, self.policy, self._rand())
         if not decision.allowed:
-            wait = f"; retry in {decision.retry_after:.0f} s" if decision.retry_after is not None else ""
+            wait = f"; retry in {decision.retry_after:.1f} s" if decision.retry_after is not None else ""
             raise MT5CircuitBreakerOpen(f"circuit breaker is open: the terminal is not being called{wait}", 0)
         return decision.trial
 

@@ -319,30 +319,31 @@ class RpcService:
         off = self._offset_ms()
         symbol, tf = req.symbol, req.timeframe
         code = TIMEFRAMES[tf]
+        # No bar opens in the future: absurd dates never reach the terminal.
+        horizon_s = int(self._wall() + off / 1000) + 86400
         more_in_range = False
+        rates = None
         if req.mode == "latest":
             count = req.count
             rates = await self._conn.run_call(lambda api: api.copy_rates_from_pos(symbol, code, 0, count))
         elif req.mode == "before":
-            to_s, count = (req.end + off) // 1000, req.count
-            rates = await self._conn.run_call(lambda api: api.copy_rates_from(symbol, code, to_s, count))
-            rates = rates[rates["time"] <= to_s]
+            to_s, count = min((req.end + off) // 1000, horizon_s), req.count
+            if to_s >= 0:
+                rates = await self._conn.run_call(lambda api: api.copy_rates_from(symbol, code, to_s, count))
+                rates = rates[rates["time"] <= to_s]
         else:
-            from_s = -((-(req.start + off)) // 1000)  # bars opened at or after start
-            to_s = (req.end + off) // 1000
-            if to_s < from_s:
-                rates = None
-            else:
+            from_s = max(0, -((-(req.start + off)) // 1000))  # bars opened at or after start
+            to_s = min((req.end + off) // 1000, horizon_s)
+            if from_s <= to_s:
                 step = TIMEFRAME_SECONDS[tf] or 28 * 86400
                 if (to_s - from_s) // step + 1 <= MAX_CANDLES:
                     rates = await self._conn.run_call(
                         lambda api: api.copy_rates_range(symbol, code, from_s, to_s))
                 else:
-                    # A long range: the newest MAX_CANDLES bars of it, and "more" for the older part.
+                    # A long range: its newest MAX_CANDLES bars, and "more" for the older part.
                     rates = await self._conn.run_call(
                         lambda api: api.copy_rates_from(symbol, code, to_s, MAX_CANDLES))
                     more_in_range = len(rates) >= MAX_CANDLES and int(rates["time"][0]) > from_s
-            if rates is not None:
                 times = rates["time"]
                 rates = rates[(times >= from_s) & (times <= to_s)]
         candles = self._to_candles(symbol, tf, rates, off)
@@ -369,12 +370,14 @@ class RpcService:
     async def _ticks(self, req: TicksRequest) -> TicksReply:
         off = self._offset_ms()
         symbol = req.symbol
-        start_b, end_b = req.start + off, req.end + off
+        now_broker_s = int(self._wall() + off / 1000)
+        # No tick is newer than now: clamp (keeps absurd values out of int64 and the terminal).
+        end_b = min(req.end + off, (now_broker_s + 86400) * 1000)
+        start_b = max(0, req.start + off)
         # Never materialise more than one reply can carry: past ``limit`` ticks the
         # encoded reply is surely over max_payload, so page_ticks cuts and says "more".
         max_payload = self._max_payload()
         limit = min(req.count, (max_payload - REPLY_HEADROOM) // self._min_tick_bytes(symbol) + 1)
-        now_broker_s = int(self._wall() + off / 1000)
         arr = await self._conn.run_call(
             lambda api: fetch_ticks(api, symbol, start_b, end_b, req.skip, limit, now_broker_s))
         ticks = [

@@ -167,10 +167,11 @@ class SymbolModel:
         return out
 
     # -- ticks of one minute ------------------------------------------------
-    def minute_ticks(self, m: int, o: int, hi: int, lo: int, c: int, n: int, rv: int) -> tuple[np.ndarray, np.ndarray]:
+    def minute_ticks(self, m: int, o: int, hi: int, lo: int, c: int, n: int,
+                     rv: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All ticks of broker minute ``m`` (aggregating exactly to the given bar)."""
         if n <= 0:
-            return EMPTY_TICKS, _EMPTY_PTS
+            return EMPTY_TICKS, _EMPTY_PTS, _EMPTY_PTS
         idx = np.arange(n, dtype=np.int64)
         mk = (m * GOLDEN) & ((1 << 64) - 1)
         fa = _fields(stream(mix(self.k_ta ^ mk), idx))
@@ -231,7 +232,7 @@ class SymbolModel:
             arr["volume"] = 0
             arr["volume_real"] = 0.0
         arr["flags"] = self.flags
-        return arr, px
+        return arr, px, spr
 
 
 def _year_of_day(day: int) -> int:
@@ -302,7 +303,7 @@ def agg_fixed(blk: np.ndarray, k: int) -> np.ndarray:
     out[L] = np.where(mask, blk[L].reshape(g, k), _IMAX).min(axis=1)
     out[N] = n2.sum(axis=1)
     out[SP] = np.where(mask, blk[SP].reshape(g, k), _IMAX).min(axis=1)
-    out[RV] = blk[RV].reshape(g, k).sum(axis=1)
+    out[RV] = np.where(mask, blk[RV].reshape(g, k), 0).sum(axis=1)
     return out
 
 
@@ -321,13 +322,6 @@ def agg_keys(times: np.ndarray, blk: np.ndarray, keys: np.ndarray) -> tuple[np.n
     out[SP] = np.minimum.reduceat(blk[SP], starts)
     out[RV] = np.add.reduceat(blk[RV], starts)
     return uniq, out
-
-
-def _agg_ticks(px: np.ndarray, arr: np.ndarray, scale10: float) -> tuple[int, int, int, int, int, int, int]:
-    """Bottom-up bar of a (non-empty) run of ticks: O, H, L, C, N, SP, RV."""
-    spr = np.rint((arr["ask"] - arr["bid"]) * scale10).astype(np.int64)
-    return (int(px[0]), int(px.max()), int(px.min()), int(px[-1]), len(px), int(spr.min()),
-            int(arr["volume"].sum()))
 
 
 class _LRU:
@@ -375,6 +369,7 @@ class Market:
         self._raw = _LRU(400)        # (index, day) -> closed-form M1 block (pure)
         self._final = _LRU(400)      # (index, day) -> effective M1 block of a finished day
         self._hourly = _LRU(40000)   # (index, day) -> effective H1 block (7, 24) of a finished day
+        self._tfd = _LRU(600_000)   # (index, day, minutes) -> aggregated block of a finished day (weight: bars)
         self._ticks = _LRU(tick_budget)  # (index, minute) -> (ticks, bid points), stall-filtered
         self._last: dict[int, tuple[int, int, object]] = {}  # index -> (from_ms, until_ms, Tick)
 
@@ -427,14 +422,16 @@ class Market:
 
     def _patch_minute(self, mdl: SymbolModel, blk: np.ndarray, d: int, i: int, now_bms: int) -> None:
         m = d * DAY_MIN + i
-        arr, px, t = self.minute_ticks(mdl, m)
-        if len(arr) and t[-1] > now_bms:
+        arr, px, t, spr = self.minute_ticks(mdl, m)
+        cut = len(arr)
+        if cut and t[-1] > now_bms:
             cut = int(t.searchsorted(now_bms, "right"))
-            arr, px = arr[:cut], px[:cut]
-        if len(arr) == 0:
+        if cut == 0:
             blk[N, i] = 0
             return
-        blk[:, i] = _agg_ticks(px, arr, mdl.scale10)
+        p = px[:cut]
+        rv = int(arr["volume"][:cut].sum()) if mdl.trades else 0
+        blk[:, i] = (int(p[0]), int(p.max()), int(p.min()), int(p[-1]), cut, int(spr[:cut].min()), rv)
 
     def hourly_day(self, mdl: SymbolModel, d: int, now_bms: int) -> np.ndarray:
         key = (mdl.index, d)
@@ -447,6 +444,24 @@ class Market:
         if now_bms >= (d + 1) * DAY_MS - 1:
             self._hourly.put(key, hb)
         return hb
+
+    def tf_day(self, mdl: SymbolModel, k_min: int, d: int, now_bms: int) -> np.ndarray:
+        """Bars of ``k_min`` minutes (dividing a day) of broker day ``d``, empty ones included."""
+        if k_min == 1:
+            return self.day_block(mdl, d, now_bms)
+        final = now_bms >= (d + 1) * DAY_MS - 1
+        key = (mdl.index, d, k_min)
+        if final:
+            hit = self._tfd.get(key)
+            if hit is not None:
+                return hit[0]
+        if k_min < 60:
+            out = agg_fixed(self.day_block(mdl, d, now_bms), k_min)
+        else:
+            out = agg_fixed(self.hourly_day(mdl, d, now_bms), k_min // 60)
+        if final:
+            self._tfd.put(key, out, out.shape[1])
+        return out
 
     def _prefill_hourly(self, mdl: SymbolModel, d0: int, d1: int, now_bms: int) -> None:
         """Compute finished days' H1 blocks in vectorized batches (deep D1/W1/MN1 requests)."""
@@ -469,24 +484,25 @@ class Market:
             i = j + 1
 
     # -- ticks ------------------------------------------------------------------
-    def minute_ticks(self, mdl: SymbolModel, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ticks, bid points, contiguous time_msc) of broker minute ``m``, stall-filtered, cached."""
+    def minute_ticks(self, mdl: SymbolModel, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(ticks, bid points, contiguous time_msc, spread points) of broker minute ``m``, stall-filtered, cached."""
         key = (mdl.index, m)
         hit = self._ticks.get(key)
         if hit is not None:
             return hit[0]
         if m < HISTORY_START_MIN or self.quiet:
-            got = (EMPTY_TICKS, _EMPTY_PTS, _EMPTY_PTS)
+            got = (EMPTY_TICKS, _EMPTY_PTS, _EMPTY_PTS, _EMPTY_PTS)
         else:
             d, i = divmod(m, DAY_MIN)
             r = self.raw_day(mdl, d)[:, i]
-            arr, px = mdl.minute_ticks(m, int(r[O]), int(r[H]), int(r[L]), int(r[CL]), int(r[N]), int(r[RV]))
+            arr, px, spr = mdl.minute_ticks(m, int(r[O]), int(r[H]), int(r[L]), int(r[CL]), int(r[N]),
+                                            int(r[RV]))
             if len(arr):
                 for s0, s1 in self._stalls_in(m * 60000, m * 60000 + 60000):
                     t = arr["time_msc"]
                     keep = (t < s0) | (t >= s1)
-                    arr, px = arr[keep], px[keep]
-            got = (arr, px, np.ascontiguousarray(arr["time_msc"]))
+                    arr, px, spr = arr[keep], px[keep], spr[keep]
+            got = (arr, px, np.ascontiguousarray(arr["time_msc"]), spr)
         self._ticks.put(key, got, max(1, len(got[0])))
         return got
 
@@ -532,7 +548,7 @@ class Market:
         parts = []
         got = 0
         for m in self._busy_minutes(mdl, m0, m1):
-            arr, _, t = self.minute_ticks(mdl, m)
+            arr, _, t, _ = self.minute_ticks(mdl, m)
             ln = len(arr)
             if not ln:
                 continue
@@ -562,7 +578,7 @@ class Market:
         if self.quiet:
             return None
         m = now_bms // 60000
-        arr, _, t = self.minute_ticks(mdl, m)
+        arr, _, t, _ = self.minute_ticks(mdl, m)
         if len(arr):
             i = int(t.searchsorted(now_bms, "right"))
             if i > 0:
@@ -577,7 +593,7 @@ class Market:
             if i_end >= 0:
                 nz = np.flatnonzero(self.raw_day(mdl, d)[N, :i_end + 1])
                 for q in nz[::-1].tolist():
-                    arr, _, tq = self.minute_ticks(mdl, d * DAY_MIN + q)
+                    arr, _, tq, _ = self.minute_ticks(mdl, d * DAY_MIN + q)
                     if len(arr):
                         tick = make(arr[-1].item())
                         # valid until the current minute's first tick (if it has one yet)
@@ -598,21 +614,12 @@ class Market:
         if d1 < d0:
             return np.empty(0, dtype=np.int64), np.empty((7, 0), dtype=np.int64)
         secs = C.TIMEFRAME_SECONDS[tf]
-        if secs is not None and secs < 3600:
-            k = secs // 60
-            blk = np.concatenate([self.day_block(mdl, d, now_bms) for d in range(d0, d1 + 1)], axis=1)
-            out = agg_fixed(blk, k)
-            times = d0 * 86400 + np.arange(out.shape[1], dtype=np.int64) * secs
-        else:
-            if d1 - d0 > 8:
-                self._prefill_hourly(mdl, d0, d1, now_bms)
-            blk = np.concatenate([self.hourly_day(mdl, d, now_bms) for d in range(d0, d1 + 1)], axis=1)
-            if secs is not None and secs < 86400:
-                out = agg_fixed(blk, secs // 3600)
-                times = d0 * 86400 + np.arange(out.shape[1], dtype=np.int64) * secs
-            else:
-                out = agg_fixed(blk, 24)
-                times = d0 * 86400 + np.arange(out.shape[1], dtype=np.int64) * 86400
+        step = secs if secs is not None and secs <= 86400 else 86400
+        if step >= 3600 and d1 - d0 > 8:
+            self._prefill_hourly(mdl, d0, d1, now_bms)
+        parts = [self.tf_day(mdl, step // 60, d, now_bms) for d in range(d0, d1 + 1)]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        times = d0 * 86400 + np.arange(out.shape[1], dtype=np.int64) * step
         keep = out[N] > 0
         times, out = times[keep], out[:, keep]
         if tf == C.TIMEFRAME_W1:
