@@ -95,9 +95,10 @@ class Poller:
         cursors = {s: self.cursors.get(s) for s in symbols}
         wall = self._wall()
         now_broker_s = int(wall + self.utc.offset_ms / 1000) if self.utc.known else None
-        due = [
+        # Bars need a broker clock: with no tick seen yet (auto offset unknown) there are none to close.
+        due = [] if now_broker_s is None else [
             (key, tr) for key, tr in self.trackers.items()
-            if key[0] in cursors and (now_broker_s is None or tr.due(self._newest_s.get(key[0], 0), now_broker_s))
+            if key[0] in cursors and tr.due(self._newest_s.get(key[0], 0), now_broker_s)
         ]
         new_trackers = [(s, tf) for s in symbols for tf in self._timeframes if (s, tf) not in self.trackers]
         forming = self._forming_due(symbols) if self._forming_interval else []
@@ -122,28 +123,39 @@ class Poller:
         wall_ms = int(wall * 1000)
         newest_fresh = 0
         for symbol, (fresh, cursor, is_start) in ticks_by_symbol.items():
-            self.cursors[symbol] = cursor
             if is_start or not len(fresh):
                 continue
             newest_fresh = max(newest_fresh, int(fresh["time_msc"][-1]))
-        if newest_fresh:
-            if self.utc.observe(newest_fresh, wall_ms):
-                log.info("broker clock offset", extra={"offset_seconds": self.utc.offset_ms / 1000})
+        if newest_fresh and self.utc.observe(newest_fresh, wall_ms):
+            log.info("broker clock offset", extra={"offset_seconds": self.utc.offset_ms / 1000})
         off = self.utc.offset_ms
+        out = batch.ticks
         for symbol, (fresh, cursor, is_start) in ticks_by_symbol.items():
+            before = self.cursors.get(symbol)
+            self.cursors[symbol] = cursor
+            self._newest_s[symbol] = cursor.last_msc // 1000
             if is_start:
-                self._newest_s[symbol] = cursor.last_msc // 1000
                 if not self.utc.known and cursor.last_msc:
                     self.utc.observe(cursor.last_msc, wall_ms)
                 continue
             if not len(fresh):
                 continue
-            out = batch.ticks
+            # index_in_ms goes on from the ticks of the cursor's millisecond published before.
+            prev_msc, k = (before.last_msc, before.seen - 1) if before else (-1, -1)
+            nan = 0
             for t, bid, ask, last, volume, msc, flags, volume_real in fresh.tolist():
+                k = k + 1 if msc == prev_msc else 0
+                prev_msc = msc
+                if not (bid == bid and ask == ask and last == last):  # NaN: a result that makes no sense
+                    nan += 1
+                    continue
                 out.append(Tick(symbol=symbol, time_msc_broker=msc, time_utc_ms=msc - off, bid=bid, ask=ask,
-                                last=last, volume=volume, volume_real=volume_real, flags=flags))
-            self._prices.update(out[-1])
-            self._newest_s[symbol] = cursor.last_msc // 1000
+                                last=last, volume=volume, volume_real=volume_real, flags=flags, index_in_ms=k))
+            if nan:
+                log.error("terminal returned ticks with NaN prices; skipped",
+                          extra={"symbol": symbol, "count": nan, "error": "MT5DataError"})
+            if out:
+                self._prices.update(out[-1])
         now_broker_s = (wall_ms + off) // 1000
         for (symbol, tf), rates in new_bars.items():
             if len(rates) >= 2:

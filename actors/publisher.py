@@ -1,11 +1,12 @@
 """The publisher: the only writer of stream subjects on the NATS connection.
 
-A batch is published and then confirmed with a flush (one PING/PONG round
-trip: the server has everything before it). While NATS is down the publisher
-holds the batch and takes no new one, so the poller blocks and the terminal's
-own tick history buffers the outage; a batch cut by a disconnect is sent again
-whole when the connection is back (with ``msg_id`` on, JetStream drops the
-repeats).
+Batches are published as they come and confirmed with a flush (one PING/PONG
+round trip: the server has everything sent before it) at most every
+``confirm_interval`` and whenever the stream pauses. Until confirmed, a batch
+is kept; while NATS is down the publisher takes no new batch, so the poller
+blocks and the terminal's own tick history buffers the outage. Unconfirmed
+batches are sent again when the connection is back (with ``msg_id`` on,
+JetStream drops the repeats: the id is symbol, millisecond and position in it).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Publisher:
         batches: MemoryObjectReceiveStream[Batch],
         health: MemoryObjectReceiveStream[HealthEvent],
         flush_timeout: float = 2.0,
+        confirm_interval: float = 0.1,
         msg_id: bool = False,
     ) -> None:
         self._nc = nc
@@ -51,7 +53,10 @@ class Publisher:
         self._up = anyio.Event()
         if nc.is_connected:
             self._up.set()
-        self.published = 0
+        self._confirm_interval = confirm_interval
+        self._unconfirmed: list[tuple[Batch, list]] = []
+        self._confirmed_at = 0.0
+        self.published = 0  # confirmed by the server
         self.candles_published = 0
 
     # nats-py connection callbacks (registered by the app)
@@ -68,16 +73,30 @@ class Publisher:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._health_loop)
             task_status.started()
-            async for batch in self._batches:
-                await self._publish_batch(batch)
+            while True:
+                # Confirm what was sent at most every confirm_interval, and at once when the stream pauses.
+                batch = None
+                if self._unconfirmed:
+                    with anyio.move_on_after(self._confirm_interval - (anyio.current_time() - self._confirmed_at)):
+                        batch = await self._batches.receive()
+                else:
+                    batch = await self._batches.receive()
+                if batch is not None:
+                    msgs = self._messages(batch)
+                    self._unconfirmed.append((batch, msgs))
+                    if not await self._send(msgs):
+                        await self._recover()
+                if self._unconfirmed and (batch is None or
+                                          anyio.current_time() - self._confirmed_at >= self._confirm_interval):
+                    await self._confirm()
 
     def _messages(self, batch: Batch) -> list[tuple[str, bytes, dict | None]]:
         enc, subj = self._codec.encode, self._subjects
         msgs = []
         for t in batch.ticks:
             hdr = None
-            if self._msg_id:
-                hdr = {"Nats-Msg-Id": f"{t.symbol}:{t.time_msc_broker}:{t.bid}:{t.ask}:{t.last}:{t.flags}"}
+            if self._msg_id:  # the tick's identity: symbol, millisecond, position in it
+                hdr = {"Nats-Msg-Id": f"{t.symbol}:{t.time_msc_broker}:{t.index_in_ms}"}
             msgs.append((subj.tick(t.symbol), enc(t), hdr))
         for c in batch.candles:
             hdr = {"Nats-Msg-Id": f"{c.symbol}:{c.timeframe}:{c.time_broker}"} if self._msg_id else None
@@ -86,26 +105,47 @@ class Publisher:
             msgs.append((subj.candle_forming(c.symbol, c.timeframe), enc(c), None))
         return msgs
 
-    async def _publish_batch(self, batch: Batch) -> None:
-        msgs = self._messages(batch)
+    async def _send(self, msgs) -> bool:
+        await self._up.wait()
         publish = self._nc.publish
+        try:
+            for subject, data, headers in msgs:
+                await publish(subject, data, headers=headers)
+        except _RETRYABLE as err:
+            self._lost(err)
+            return False
+        return True
+
+    async def _confirm(self) -> None:
+        """One PING/PONG: the server has everything sent before it."""
         while True:
-            await self._up.wait()
             try:
-                for subject, data, headers in msgs:
-                    await publish(subject, data, headers=headers)
                 await self._nc.flush(timeout=self._flush_timeout)
             except _RETRYABLE as err:
-                log.warning("batch not confirmed by NATS; will send it again",
-                            extra={"error": type(err).__name__, "messages": len(msgs)})
-                if self._nc.is_connected:  # e.g. a flush timeout on a live link: retry soon
-                    await anyio.sleep(0.1)
-                else:
-                    await self.on_disconnected()
+                self._lost(err)
+                await self._recover()
                 continue
-            self.published += len(batch.ticks)
-            self.candles_published += len(batch.candles)
+            for batch, _ in self._unconfirmed:
+                self.published += len(batch.ticks)
+                self.candles_published += len(batch.candles)
+            self._unconfirmed.clear()
+            self._confirmed_at = anyio.current_time()
             return
+
+    async def _recover(self) -> None:
+        """Send every unconfirmed batch again once NATS is back (JetStream drops repeats by Nats-Msg-Id)."""
+        while True:
+            if self._nc.is_connected:
+                await anyio.sleep(0.1)  # e.g. a flush timeout on a live link: try again soon
+            else:
+                await self.on_disconnected()
+            if all([await self._send(msgs) for _, msgs in self._unconfirmed]):
+                return
+
+    def _lost(self, err: Exception) -> None:
+        n = sum(len(msgs) for _, msgs in self._unconfirmed)
+        log.warning("messages not confirmed by NATS; they will be sent again",
+                    extra={"error": type(err).__name__, "messages": n})
 
     async def _health_loop(self) -> None:
         subject = self._subjects.health()

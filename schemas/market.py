@@ -34,6 +34,9 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True):
     volume: int
     volume_real: float
     flags: int  # TICK_FLAG_* bits
+    # Position among the ticks of the same symbol and millisecond (0, 1, ...):
+    # (symbol, time_msc_broker, index_in_ms) identifies a tick, for de-duplication.
+    index_in_ms: int = 0
 
     @property
     def time_broker(self) -> int:

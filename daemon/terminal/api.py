@@ -136,10 +136,10 @@ _RATE_FIELDS = ("time", "open", "high", "low", "close", "tick_volume", "spread",
 
 
 def _checked_ticks(arr: Any, symbol: str) -> np.ndarray:
+    # Prices are checked per new tick by whoever converts them (the poller
+    # skips NaN ticks): re-read ticks would pay a numpy pass every cycle.
     if not isinstance(arr, np.ndarray) or arr.dtype.names != _TICK_FIELDS:
         raise MT5DataError(f"ticks for {symbol}: unexpected result type", 0)
-    if len(arr) and (np.isnan(arr["bid"]).any() or np.isnan(arr["ask"]).any()):
-        raise MT5DataError(f"ticks for {symbol}: NaN prices", 0)
     return arr
 
 

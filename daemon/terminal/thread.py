@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 
 class _Job:
-    __slots__ = ("fn", "done", "token", "result", "error", "abandoned")
+    __slots__ = ("fn", "done", "token", "result", "error", "abandoned", "timed_out")
 
     def __init__(self, fn: Callable[[], Any], token) -> None:
         self.fn = fn
@@ -37,6 +37,7 @@ class _Job:
         self.result: Any = None
         self.error: BaseException | None = None
         self.abandoned = False
+        self.timed_out = False
 
 
 class TerminalThread:
@@ -56,7 +57,7 @@ class TerminalThread:
     @property
     def wedged(self) -> bool:
         job = self._running
-        return job is not None and job.abandoned
+        return job is not None and job.timed_out
 
     def start(self) -> None:
         if self._thread is None:
@@ -87,6 +88,7 @@ class TerminalThread:
                 # Timed out or cancelled: never wait on the call, just leave it.
                 job.abandoned = True
         if scope.cancelled_caught:
+            job.timed_out = True  # a shutdown's cancellation is not a stuck terminal
             raise MT5TimeoutError(f"terminal call did not return within {timeout:g} s", 0)
         if job.error is not None:
             raise job.error

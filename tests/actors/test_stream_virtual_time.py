@@ -84,6 +84,10 @@ class Rig:
         seen = [(t.time_msc_broker, t.bid, t.ask) for t in got]
         start = expected.index(seen[0])
         assert seen == expected[start:], f"{symbol}: {len(seen)} published vs {len(expected) - start} in history"
+        # (symbol, time_msc, index_in_ms) identifies a tick: its position among the ticks of its millisecond.
+        mscs = [m for m, _, _ in expected]
+        for t, pos in zip(got, range(start, len(expected))):
+            assert t.index_in_ms == pos - mscs.index(mscs[pos])
 
 
 BASE = calendar.timegm((2026, 3, 10, 9, 0, 0))

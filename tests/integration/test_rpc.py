@@ -226,13 +226,13 @@ async def test_ticks_are_the_ticks_the_stream_published(nats_url):
 async def test_ticks_skip_inside_one_millisecond_and_paging(nats_url):
     async with daemon_client(nats_url, "tpage", terminal={"sim": {"ticks_per_second": 40.0}}) as t:
         now = int(time.time() * 1000)
-        start, end = now - 3600_000, now - 60_000
+        start, end = now - 660_000, now - 60_000
         got = await t.client.fetch_ticks("EURUSD", start, end)
         off = t.daemon.poller.utc.offset_ms
         direct = await t.daemon.conn.run_call(
             lambda api: api.copy_ticks_range("EURUSD", (start + off) // 1000, (end + off) // 1000 + 1, -1))
         expected = [m - off for m in direct["time_msc"].tolist() if start <= m - off <= end]
-        assert len(expected) > 20_000  # far more than one reply holds: paged by the client
+        assert 20_000 < len(expected) < 100_000  # far more than one reply holds: paged by the client
         assert [tk.time_utc_ms for tk in got] == expected
         page = msgspec.json.decode((await t.nc.request(
             f"mt5.{t.account}.rpc.ticks", msgspec.json.encode({"symbol": "EURUSD", "start": start, "end": end}),
@@ -309,7 +309,7 @@ BAD_REQUESTS = [
     ("ticks", {"symbol": "EURUSD", "start": 5, "end": 1}, "before `start`"),
     ("ticks", {"symbol": "EURUSD", "start": -1, "end": 1}, "start"),
     ("candles", {"symbol": "EURUSD", "start": 1}, "`start` needs `end`"),
-    ("candles", {"symbol": "EURUSD", "count": "10"}, "Expected `int`"),
+    ("candles", {"symbol": "EURUSD", "count": "10"}, "at `$.count`"),
     ("price", {}, "exactly one"),
     ("price", {"symbol": "EURUSD", "symbols": ["GBPUSD"]}, "exactly one"),
     ("price", {"symbols": []}, "symbols"),
@@ -327,7 +327,7 @@ async def test_validation_errors_are_400_with_a_safe_message(nats_url):
         # malformed, hostile encodings, oversized
         for endpoint, payload, text in [
             ("candles", b'{"symbol": "EURUSD", ', "malformed"),
-            ("account", b"\xff\xfe\x00garbage", "malformed"),  # msgpack garbage
+            ("account", b"\xff\xfe\x00garbage", "request"),  # msgpack garbage
             ("price", b"\x81\xa6symbol\x01", "invalid"),  # msgpack map with a wrong type
             ("ticks", b"[" * 5000 + b"]" * 5000, ""),  # deep nesting
             ("symbols", b"x" * (MAX_REQUEST_BYTES + 1), "too large"),
@@ -504,6 +504,10 @@ class FakeConn:
         return await self.behaviour()
 
 
+FAKE_INFO = {f: 0 for f in ACCOUNT_INFO_FIELDS} | {"name": "n", "server": "s", "currency": "USD", "company": "c",
+                                                   "leverage": 30}
+
+
 class FakeHealth:
     async def probe(self):
         raise ZeroDivisionError("secret internal detail /home/x/password.txt")
@@ -559,7 +563,7 @@ async def test_busy_is_503_at_once_and_the_deadline_is_504(nats_url):
         if len(entered) == 2:
             two_in.set()
         await release.wait()
-        return SimpleNamespace(_asdict=lambda: {f: 0 for f in ACCOUNT_INFO_FIELDS})
+        return FAKE_INFO
 
     async with fake_service(nats_url, slow, max_in_flight=2) as f:
         results: list = []
@@ -594,10 +598,11 @@ async def test_request_without_reply_subject_is_ignored(nats_url):
 
     async def record():
         calls.append(1)
-        return SimpleNamespace(_asdict=lambda: {f: 0 for f in ACCOUNT_INFO_FIELDS})
+        return FAKE_INFO
 
     async with fake_service(nats_url, record) as f:
         await f.nc.publish(f"mt5.{f.account}.rpc.account", b"")
         await f.nc.publish(f"mt5.{f.account}.rpc.price", b"garbage")
         await f.nc.flush()
-        assert await f.client.get_leverage() == 0  # the service is up and answered the next one
+        assert await f.client.get_leverage() == 30  # the service is up and answered the next one
+        assert len(calls) == 2  # the one without a reply subject was worked on, its reply dropped quietly

@@ -46,6 +46,14 @@ copy_ticks_range misses, (-1, 'Terminal: Call failed') for bar-read misses
 Market Watch miss on ticks and symbol_select(unknown) are choices.
 orders_total/positions_total/history_*_total return 0 and *_get return ().
 
+Other details: copy_ticks_range covers date_from*1000 <= time_msc <=
+date_to*1000 (both ends inclusive, as MQL5 CopyTicksRange); a selected symbol
+that never ticked (ticks_per_second=0) gives an all-zero Tick; symbol_info of a
+symbol outside Market Watch works but carries no prices; shutdown() returns
+None; last_error() starts as (1, 'Success') and is never blocked by faults.
+``SimSymbol.feed`` lets a symbol share another's quotes (EURUSD.m = EURUSD
+with a wider spread).
+
 Faults (``Fault(kind, at, duration)``; active while start+at <= now < start+at+duration)
 -----------------------------------------------------------------------------------------
 ===========  ==================================================================================

@@ -62,6 +62,8 @@ _ACT = _ACT / _ACT.mean()
 EMPTY_TICKS = np.empty(0, dtype=C.TICK_DTYPE)
 EMPTY_RATES = np.empty(0, dtype=C.RATE_DTYPE)
 _EMPTY_PTS = np.empty(0, dtype=np.int64)
+_EMPTY_RAW = np.empty(0, dtype=np.uint8)
+_TSZ = C.TICK_DTYPE.itemsize
 _FLAGS_FX = C.TICK_FLAG_BID | C.TICK_FLAG_ASK
 _FLAGS_TRADE = C.TICK_FLAG_BID | C.TICK_FLAG_ASK | C.TICK_FLAG_LAST | C.TICK_FLAG_VOLUME
 
@@ -73,9 +75,9 @@ class SymbolModel:
         self.sym = sym
         self.name = sym.name
         self.index = index
-        key = mix(((int(seed) * GOLDEN) ^ fnv1a(sym.name)))
+        key = mix(((int(seed) * GOLDEN) ^ fnv1a(sym.feed or sym.name)))
         self.k_oct = [derive(key, 100 + k) for k in range(NOCT)]
-        self.k_m1, self.k_m2, self.k_m3, self.k_m4 = (derive(key, i) for i in (1, 2, 3, 4))
+        self.k_m1, self.k_m2 = derive(key, 1), derive(key, 2)
         self.k_ta, self.k_tb, self.k_anchor = (derive(key, i) for i in (5, 6, 7))
         self.digits = sym.digits
         self.scale10 = float(10 ** sym.digits)
@@ -357,7 +359,7 @@ class Market:
     """Ticks and bars of all symbols for one SimTerminal (its clock and stall windows)."""
 
     def __init__(self, symbols: Sequence[SimSymbol], seed: int, tps: float, clock: BrokerClock,
-                 stalls_ms: Sequence[tuple[int, int]] = (), tick_budget: int = 2_000_000) -> None:
+                 stalls_ms: Sequence[tuple[int, int]] = (), tick_budget: int = 1_500_000) -> None:
         self.clock = clock
         self.models: dict[str, SymbolModel] = {}
         for i, s in enumerate(symbols):
@@ -422,7 +424,7 @@ class Market:
 
     def _patch_minute(self, mdl: SymbolModel, blk: np.ndarray, d: int, i: int, now_bms: int) -> None:
         m = d * DAY_MIN + i
-        arr, px, t, spr = self.minute_ticks(mdl, m)
+        arr, px, t, spr, _ = self.minute_ticks(mdl, m)
         cut = len(arr)
         if cut and t[-1] > now_bms:
             cut = int(t.searchsorted(now_bms, "right"))
@@ -484,14 +486,14 @@ class Market:
             i = j + 1
 
     # -- ticks ------------------------------------------------------------------
-    def minute_ticks(self, mdl: SymbolModel, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(ticks, bid points, contiguous time_msc, spread points) of broker minute ``m``, stall-filtered, cached."""
+    def minute_ticks(self, mdl: SymbolModel, m: int) -> tuple[np.ndarray, ...]:
+        """(ticks, bid points, contiguous time_msc, spread points, raw bytes) of broker minute ``m``, stall-filtered, cached."""
         key = (mdl.index, m)
         hit = self._ticks.get(key)
         if hit is not None:
             return hit[0]
         if m < HISTORY_START_MIN or self.quiet:
-            got = (EMPTY_TICKS, _EMPTY_PTS, _EMPTY_PTS, _EMPTY_PTS)
+            got = (EMPTY_TICKS, _EMPTY_PTS, _EMPTY_PTS, _EMPTY_PTS, _EMPTY_RAW)
         else:
             d, i = divmod(m, DAY_MIN)
             r = self.raw_day(mdl, d)[:, i]
@@ -502,7 +504,7 @@ class Market:
                     t = arr["time_msc"]
                     keep = (t < s0) | (t >= s1)
                     arr, px, spr = arr[keep], px[keep], spr[keep]
-            got = (arr, px, np.ascontiguousarray(arr["time_msc"]), spr)
+            got = (arr, px, np.ascontiguousarray(arr["time_msc"]), spr, arr.view(np.uint8))
         self._ticks.put(key, got, max(1, len(got[0])))
         return got
 
@@ -542,14 +544,32 @@ class Market:
             return EMPTY_TICKS.copy()
         from_ms = max(from_ms, HISTORY_START * 1000)
         m0, m1 = from_ms // 60000, to_ms // 60000
-        cap = MAX_TICKS_PER_REQUEST if limit is None else min(limit, MAX_TICKS_PER_REQUEST + 1)
-        if m1 - m0 > 30 and limit is None and self.count_upper(mdl, m0, m1) > MAX_TICKS_PER_REQUEST * 1.2:
-            return None
+        if m0 == m1 and limit is not None:
+            # the common poll: one minute, sliced by bisection, copied as bytes
+            arr, _, t, _, raw = self.minute_ticks(mdl, m0)
+            ln = len(t)
+            if not ln:
+                return EMPTY_TICKS.copy()
+            lo = int(t.searchsorted(from_ms, "left")) if from_ms > t[0] else 0
+            hi = int(t.searchsorted(to_ms, "right")) if to_ms < t[-1] else ln
+            hi = min(hi, lo + limit)
+            if hi <= lo:
+                return EMPTY_TICKS.copy()
+            return raw[lo * _TSZ:hi * _TSZ].copy().view(C.TICK_DTYPE)
+        unbounded = limit is None or limit > MAX_TICKS_PER_REQUEST
+        cap = MAX_TICKS_PER_REQUEST + 1 if unbounded else limit
+        if unbounded:
+            # A request that could hold more than MAX ticks fails at once (like running out of memory).
+            est = mdl.lam * (m1 - m0 + 1)
+            if est > 2 * MAX_TICKS_PER_REQUEST:
+                return None
+            if est > MAX_TICKS_PER_REQUEST / 2 and self.count_upper(mdl, m0, m1) > MAX_TICKS_PER_REQUEST:
+                return None
         parts = []
         got = 0
         for m in self._busy_minutes(mdl, m0, m1):
-            arr, _, t, _ = self.minute_ticks(mdl, m)
-            ln = len(arr)
+            arr, _, t, _, raw = self.minute_ticks(mdl, m)
+            ln = len(t)
             if not ln:
                 continue
             lo = 0 if m * 60000 >= from_ms else int(t.searchsorted(from_ms, "left"))
@@ -558,17 +578,18 @@ class Market:
                 continue
             if hi - lo > cap - got:
                 hi = lo + cap - got
-            parts.append(arr[lo:hi])
+            parts.append(raw[lo * _TSZ:hi * _TSZ])
             got += hi - lo
             if got >= cap:
                 break
-        if limit is None and got > MAX_TICKS_PER_REQUEST:
+        if unbounded and got > MAX_TICKS_PER_REQUEST:
             return None
         if not parts:
             return EMPTY_TICKS.copy()
+        # Byte-wise: numpy copies this packed structured dtype field by field, ~20x slower.
         if len(parts) == 1:
-            return parts[0].copy()
-        return np.concatenate(parts)
+            return parts[0].copy().view(C.TICK_DTYPE)
+        return np.concatenate(parts).view(C.TICK_DTYPE)
 
     def last_tick(self, mdl: SymbolModel, now_bms: int, make):
         """The newest tick at or before ``now_bms`` as ``make(row)``, or None (never ticked)."""
@@ -578,7 +599,7 @@ class Market:
         if self.quiet:
             return None
         m = now_bms // 60000
-        arr, _, t, _ = self.minute_ticks(mdl, m)
+        arr, _, t, _, _ = self.minute_ticks(mdl, m)
         if len(arr):
             i = int(t.searchsorted(now_bms, "right"))
             if i > 0:
@@ -593,7 +614,7 @@ class Market:
             if i_end >= 0:
                 nz = np.flatnonzero(self.raw_day(mdl, d)[N, :i_end + 1])
                 for q in nz[::-1].tolist():
-                    arr, _, tq, _ = self.minute_ticks(mdl, d * DAY_MIN + q)
+                    arr, _, tq, _, _ = self.minute_ticks(mdl, d * DAY_MIN + q)
                     if len(arr):
                         tick = make(arr[-1].item())
                         # valid until the current minute's first tick (if it has one yet)

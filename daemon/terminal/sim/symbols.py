@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from daemon.terminal import mt5_constants as C
 
@@ -47,6 +47,9 @@ class SimSymbol:
     exchange: str = ""
     isin: str = ""
     category: str = ""
+    # Another symbol's name: share its quote stream (same bid path, tick times and counts
+    # when price/volatility/rate/activity match), with this symbol's own spread.
+    feed: str = ""
 
     @property
     def point(self) -> float:
@@ -77,9 +80,10 @@ def default_symbols() -> tuple[SimSymbol, ...]:
         _fx("NZDUSD", 5, 0.61000, 15, "New Zealand Dollar vs US Dollar", rate=0.7, vol=0.006),
         _fx("EURGBP", 5, 0.85500, 12, "Euro vs Great Britain Pound", rate=0.8, vol=0.004),
         _fx("EURJPY", 3, 163.200, 17, "Euro vs Japanese Yen", rate=0.9, vol=0.006),
-        # A broker-suffixed variant (mini account), same market, its own path and spread.
-        _fx("EURUSD.m", 5, 1.08500, 15, "Euro vs US Dollar (mini)", rate=1.0,
-            path="Forex\\Mini\\EURUSD.m", selected=False, base="EUR", profit="USD"),
+        # A broker-suffixed variant (mini account): the EURUSD feed with a wider spread.
+        replace(_fx("EURUSD.m", 5, 1.08500, 15, "Euro vs US Dollar (mini)", rate=1.3,
+                    path="Forex\\Mini\\EURUSD.m", selected=False, base="EUR", profit="USD"),
+                feed="EURUSD"),
         SimSymbol(
             name="XAUUSD", digits=2, price=2350.00, spread=25, description="Gold vs US Dollar",
             path="Metals\\XAUUSD", currency_base="XAU", currency_profit="USD", currency_margin="XAU",

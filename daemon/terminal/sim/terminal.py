@@ -24,7 +24,6 @@ from daemon.terminal.sim.market import (
     DAY_MS,
     HISTORY_START,
     HISTORY_START_DAY,
-    MAX_TICKS_PER_REQUEST,
     Market,
     SymbolModel,
     bar_open,
