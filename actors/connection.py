@@ -104,6 +104,7 @@ class Connection:
         self._operation_timeout = operation_timeout
         self._events = events
         self.thread = thread or TerminalThread()
+        self.thread.on_unwedged = self._note_wedged
         self._max_auth_failures = max_auth_failures
         self._send, self._recv = anyio.create_memory_object_stream[_Request](queue_size)
         self.login = credentials.login
@@ -195,14 +196,17 @@ class Connection:
         try:
             return await self.thread.call(fn, timeout)
         finally:
-            wedged = self.thread.wedged
-            if wedged != self._was_wedged:
-                self._was_wedged = wedged
-                if wedged:
-                    self._change("wedged", "a terminal call did not return in time; the terminal thread is stuck",
-                                 level=logging.ERROR)
-                else:
-                    self._change("unwedged", "the stuck terminal call returned")
+            self._note_wedged()
+
+    def _note_wedged(self) -> None:
+        wedged = self.thread.wedged
+        if wedged != self._was_wedged:
+            self._was_wedged = wedged
+            if wedged:
+                self._change("wedged", "a terminal call did not return in time; the terminal thread is stuck",
+                             level=logging.ERROR)
+            else:
+                self._change("unwedged", "the stuck terminal call returned")
 
     async def _connect(self) -> None:
         creds, symbols = self._creds, self._symbols

@@ -163,7 +163,7 @@ class RpcService:
                 group = svc.add_group(name=rpc_group(self._cfg.nats.prefix, self._account))
                 for name in ENDPOINTS:
                     await group.add_endpoint(name=name, handler=self._handler(name))
-                await self._nc.flush()  # the server has the subscriptions: we answer from now on
+                await self._until_server_has_our_subscriptions()
                 log.info("rpc service up", extra={"group": rpc_group(self._cfg.nats.prefix, self._account),
                                                   "endpoints": list(ENDPOINTS),
                                                   "max_in_flight": self._max_in_flight})
@@ -176,6 +176,26 @@ class RpcService:
                     await svc.stop()
                 except Exception as err:  # the connection may already be closed
                     log.debug("rpc service stop failed", extra={"error": type(err).__name__})
+
+    async def _until_server_has_our_subscriptions(self, timeout: float = 5.0) -> None:
+        """Return once the server routes to the endpoints' subscriptions.
+
+        ``nc.flush()`` is not enough: nats-py (2.16) writes its PING straight to the
+        socket while SUBs may still wait in its pending buffer for the flusher task,
+        so the PONG can come back before the server has seen them. A message we
+        publish to ourselves travels behind the SUBs: once it is back, they are in."""
+        echoed = anyio.Event()
+
+        async def on_echo(msg) -> None:
+            echoed.set()
+
+        sub = await self._nc.subscribe(self._nc.new_inbox(), cb=on_echo)
+        try:
+            await self._nc.publish(sub.subject, b"")
+            with anyio.fail_after(timeout):
+                await echoed.wait()
+        finally:
+            await sub.unsubscribe()
 
     def _handler(self, name: str):
         async def handle(req) -> None:
@@ -392,12 +412,15 @@ class RpcService:
         # encoded reply is surely over max_payload, so page_ticks cuts and says "more".
         max_payload = self._max_payload()
         limit = min(req.count, (max_payload - REPLY_HEADROOM) // self._min_tick_bytes(symbol) + 1)
-        arr = await self._conn.run_call(
+        arr, index_in_ms = await self._conn.run_call(
             lambda api: fetch_ticks(api, symbol, start_b, end_b, req.skip, limit, now_broker_s))
+        # The poller's conversion: UTC from the current offset, NaN-priced ticks left out
+        # (the stream never carried them), index_in_ms from the terminal's order.
         ticks = [
             Tick(symbol=symbol, time_msc_broker=msc, time_utc_ms=msc - off, bid=bid, ask=ask, last=last,
-                 volume=volume, volume_real=volume_real, flags=flags)
-            for _t, bid, ask, last, volume, msc, flags, volume_real in arr.tolist()
+                 volume=volume, volume_real=volume_real, flags=flags, index_in_ms=k)
+            for (_t, bid, ask, last, volume, msc, flags, volume_real), k in zip(arr.tolist(), index_in_ms.tolist())
+            if bid == bid and ask == ask and last == last
         ]
         return page_ticks(req, ticks, self._codec, max_payload)
 
@@ -416,19 +439,22 @@ class RpcService:
 
 
 def fetch_ticks(api: TerminalApi, symbol: str, start_b: int, end_b: int, skip: int, limit: int,
-                now_broker_s: int) -> np.ndarray:
+                now_broker_s: int) -> tuple[np.ndarray, np.ndarray]:
     """Runs on the terminal thread: ticks with broker ``time_msc`` in [start_b, end_b],
-    oldest first, the first ``skip`` of those at ``start_b`` itself left out, at most ``limit``.
+    oldest first, the first ``skip`` of those at ``start_b`` itself left out, at most
+    ``limit``; and each one's position among the ticks of its millisecond (``index_in_ms``).
 
     ``copy_ticks_from`` with a count (so the terminal never materialises more
     than we can use, whatever the range: a year of ticks is never loaded for
     one page), continued from a tick cursor (whole seconds in, several ticks per
     millisecond: the poller's de-duplication), the count growing geometrically
     so a short range costs one small call."""
+    empty = np.empty(0, dtype=TICK_DTYPE), np.empty(0, dtype=np.int64)
     if start_b > end_b or start_b // 1000 > now_broker_s + 86400:
-        return np.empty(0, dtype=TICK_DTYPE)  # nothing can be there (and no absurd date reaches the terminal)
+        return empty  # nothing can be there (and no absurd date reaches the terminal)
     cursor = TickCursor(start_b, skip)
     chunks: list[np.ndarray] = []
+    indexes: list[np.ndarray] = []
     got = 0
     cap, pad = FIRST_FETCH, 64
     while got < limit:
@@ -439,16 +465,22 @@ def fetch_ticks(api: TerminalApi, symbol: str, start_b: int, end_b: int, skip: i
         k = int(np.searchsorted(fresh["time_msc"], end_b, side="right"))
         take = fresh[: min(k, want)]
         if len(take):
+            msc = arr["time_msc"]
+            first = len(arr) - len(fresh)  # index in arr of the first fresh tick
+            # arr starts at a whole second, so it holds every earlier tick of each millisecond.
+            idx = np.arange(first, first + len(take)) - np.searchsorted(msc, take["time_msc"], side="left")
             chunks.append(take)
+            indexes.append(idx)
             got += len(take)
             last = int(take["time_msc"][-1])
-            upto = len(arr) - len(fresh) + len(take)  # index in arr just after the last tick taken
-            cursor = TickCursor(last, upto - int(np.searchsorted(arr["time_msc"], last, side="left")))
+            cursor = TickCursor(last, int(idx[-1]) + 1)
         if k < len(fresh) or len(arr) < n:
             break  # past the end of the range, or no newer ticks exist
         if not len(take):
             pad = 4 * n  # the cursor's second holds more than n ticks before the cursor: ask for more
         cap *= 4  # a full fetch: there is more, so fetch more at once
     if not chunks:
-        return np.empty(0, dtype=TICK_DTYPE)
-    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        return empty
+    if len(chunks) == 1:
+        return chunks[0], indexes[0]
+    return np.concatenate(chunks), np.concatenate(indexes)

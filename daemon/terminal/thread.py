@@ -41,8 +41,11 @@ class _Job:
 
 
 class TerminalThread:
-    def __init__(self, name: str = "mt5-terminal", *, inline: bool = False) -> None:
+    def __init__(self, name: str = "mt5-terminal", *, inline: bool = False,
+                 on_unwedged: Callable[[], None] | None = None) -> None:
         self._name = name
+        # Called on the event loop when a stuck call finally returns.
+        self.on_unwedged = on_unwedged
         # inline: run calls on the event loop's thread (actor tests on virtual
         # time, where a real thread would race the virtual clock).
         self._inline = inline
@@ -111,8 +114,10 @@ class TerminalThread:
             self.wall_seconds += time.perf_counter() - w0
             self.calls += 1
             self._running = None
-            if not job.abandoned:
+            callback = job.done.set if not job.abandoned else (
+                self.on_unwedged if job.timed_out and self.on_unwedged else None)
+            if callback is not None:
                 try:
-                    anyio.from_thread.run_sync(job.done.set, token=job.token)
+                    anyio.from_thread.run_sync(callback, token=job.token)
                 except Exception:  # the event loop is gone (shutdown): nobody waits
                     pass

@@ -330,6 +330,8 @@ async def test_validation_errors_are_400_with_a_safe_message(nats_url):
             ("account", b"\xff\xfe\x00garbage", "request"),  # msgpack garbage
             ("price", b"\x81\xa6symbol\x01", "invalid"),  # msgpack map with a wrong type
             ("ticks", b"[" * 5000 + b"]" * 5000, ""),  # deep nesting
+            ("account", b'{"a":' + b"[" * 30000 + b"]" * 30000 + b"}", "nested too deeply"),  # msgspec: RecursionError
+            ("account", b"\x81\xa1a" + b"\x91" * 60000 + b"\xc0", "nested too deeply"),
             ("symbols", b"x" * (MAX_REQUEST_BYTES + 1), "too large"),
             ("health", b'{"a": ' + b"1" * 400 + b"}", ""),  # a huge number (ignored field or error)
         ]:
