@@ -100,7 +100,9 @@ class Poller:
             (key, tr) for key, tr in self.trackers.items()
             if key[0] in cursors and tr.due(self._newest_s.get(key[0], 0), now_broker_s)
         ]
-        new_trackers = [(s, tf) for s in symbols for tf in self._timeframes if (s, tf) not in self.trackers]
+        # A symbol's bars are tracked from its first tick on (no tick, no bar).
+        new_trackers = [(s, tf) for s in symbols for tf in self._timeframes
+                        if (s, tf) not in self.trackers and self._newest_s.get(s)]
         forming = self._forming_due(symbols) if self._forming_interval else []
 
         def hop(api: TerminalApi):

@@ -164,17 +164,26 @@ _NULL_SPAN = contextlib.nullcontext()
 
 
 class _RpcScope:
-    """One RPC request: a span (when tracing) and, on exit, ``rpc_request``."""
+    """One RPC request: a span (when tracing) and, at the end, one ``rpc_request``.
 
-    __slots__ = ("_tel", "endpoint", "subject", "result", "_t0", "_cm", "span")
+    As a context manager the span is current inside the block. When a request
+    is accepted in one task and served in another, use ``begin()`` at intake,
+    ``with scope.use():`` around the work (the terminal request spans become
+    children), and ``end()`` / ``end(err)`` when the reply is sent; ``end`` is
+    idempotent.
+    """
+
+    __slots__ = ("_tel", "endpoint", "subject", "result", "_t0", "_token", "span", "_ended")
 
     def __init__(self, tel: "Telemetry", endpoint: str, subject: str) -> None:
         self._tel = tel
         self.endpoint = endpoint
         self.subject = subject
         self.result = "ok"
-        self._cm = None
+        self._t0 = None
+        self._token = None
         self.span = None
+        self._ended = False
 
     def fail(self, err: BaseException | str | int) -> None:
         """Mark the request failed: an ``MT5Error`` (its RPC status), a status code, or another exception (500)."""
@@ -187,31 +196,62 @@ class _RpcScope:
         if self.span is not None:
             _mark_error(self.span, error_type)
 
+    def begin(self) -> "_RpcScope":
+        """Start the clock and the span (not made current: see ``use``)."""
+        if self._t0 is None:
+            tel = self._tel
+            if tel._tracer is not None:
+                attrs = dict(tel._rpc_attrs(self.endpoint))
+                if self.subject:
+                    attrs["messaging.destination.name"] = self.subject  # raw subject: spans only
+                self.span = tel._tracer.start_span(f"process {attrs['messaging.destination.template']}",
+                                                   kind=tel._span_kind_server, attributes=attrs)
+            self._t0 = time.perf_counter()
+        return self
+
+    def use(self):
+        """Make the request's span current in this block (any task), without ending it."""
+        if self.span is None:
+            return _NULL_SPAN
+        from opentelemetry import trace
+
+        return trace.use_span(self.span, end_on_exit=False, record_exception=False,
+                              set_status_on_exception=False)
+
+    def end(self, err: BaseException | str | int | None = None) -> None:
+        """Record the request (once): ok, or failed with ``err``."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._t0 is None:
+            self.begin()
+        seconds = time.perf_counter() - self._t0
+        if err is not None:
+            self.fail(err)
+        self._tel.rpc_request(self.endpoint, self.result, seconds)
+        if self.span is not None:
+            if self.result != "ok":
+                self.span.set_attribute("mt5d.rpc.result", self.result)
+            self.span.end()
+
     def __enter__(self) -> "_RpcScope":
-        tel = self._tel
-        if tel._tracer is not None:
-            attrs = dict(tel._rpc_attrs(self.endpoint))
-            if self.subject:
-                attrs["messaging.destination.name"] = self.subject  # raw subject: spans only
-            self._cm = tel._tracer.start_as_current_span(
-                f"process {attrs['messaging.destination.template']}", kind=tel._span_kind_server,
-                attributes=attrs, record_exception=False, set_status_on_exception=False)
-            self.span = self._cm.__enter__()
-        self._t0 = time.perf_counter()
+        self.begin()
+        if self.span is not None:
+            from opentelemetry import context, trace
+
+            self._token = context.attach(trace.set_span_in_context(self.span))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        seconds = time.perf_counter() - self._t0
-        if exc is not None:
-            if isinstance(exc, Exception):
-                self.fail(exc)
-            else:  # cancelled (shutdown, the client's timeout): not an error of ours
-                self.result = "cancelled"
-        if self.span is not None and self.result != "ok":
-            self.span.set_attribute("mt5d.rpc.result", self.result)
-        self._tel.rpc_request(self.endpoint, self.result, seconds)
-        if self._cm is not None:
-            self._cm.__exit__(exc_type, exc, tb)
+        if self._token is not None:
+            from opentelemetry import context
+
+            context.detach(self._token)
+            self._token = None
+        if exc is not None and not isinstance(exc, Exception):
+            self.result = "cancelled"  # shutdown or the caller's timeout: not an error of ours
+            exc = None
+        self.end(exc)
         return False
 
 
@@ -544,7 +584,9 @@ class Telemetry:
         """``with telemetry.rpc("price", msg.subject) as req:`` -- span + ``rpc_request`` on exit.
 
         Result "ok" unless an exception leaves the block (an ``MT5Error``'s
-        status, else "500") or ``req.fail(err_or_status)`` was called.
+        status, else "500") or ``req.fail(err_or_status)`` was called. Across
+        tasks: ``scope = telemetry.rpc(...).begin()``, ``with scope.use():``,
+        ``scope.end(err_or_None)``.
         """
         return _RpcScope(self, endpoint, subject)
 
@@ -582,11 +624,23 @@ class _DisabledRpcScope:
     def fail(self, err) -> None:
         pass
 
+    def begin(self) -> "_DisabledRpcScope":
+        return self
+
+    def use(self):
+        return _NULL_SPAN
+
+    def end(self, err=None) -> None:
+        pass
+
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         return False
+
+
+_DISABLED_RPC = _DisabledRpcScope()
 
 
 class _Disabled(Telemetry):
@@ -638,7 +692,7 @@ class _Disabled(Telemetry):
         return _NULL_SPAN
 
     def rpc(self, endpoint: str, subject: str = "") -> Any:
-        return _DisabledRpcScope()
+        return _DISABLED_RPC
 
     def instrument(self, api: Any) -> Any:
         return api

@@ -245,6 +245,36 @@ def test_rpc_requests_by_endpoint_and_result(tel, reader, spans):
     assert by_name["process mt5.{account}.rpc.symbols"].attributes["error.type"] == "MT5ValidationError"
 
 
+def test_rpc_scope_across_tasks_parents_the_terminal_spans(tel, reader, spans):
+    import anyio
+
+    async def main():
+        scope = tel.rpc("candles", "mt5.87654321.rpc.candles").begin()  # intake
+        done = anyio.Event()
+
+        async def serve():  # another task does the work
+            with scope.use():
+                with tel.span("terminal.hop"):
+                    await anyio.sleep(0)
+            scope.end(MT5TimeoutError("did not complete", 0))
+            scope.end()  # idempotent
+            done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            await done.wait()
+
+    anyio.run(main)
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    rpc, hop = by_name["process mt5.{account}.rpc.candles"], by_name["terminal.hop"]
+    assert hop.parent.span_id == rpc.context.span_id
+    assert rpc.attributes["error.type"] == "MT5TimeoutError" and rpc.attributes["mt5d.rpc.result"] == "504"
+    assert only(points(reader)["mt5d.rpc.requests"], endpoint="candles").attributes["result"] == "504"
+    off = Telemetry.disabled().rpc("candles").begin()
+    with off.use():
+        off.end(MT5TimeoutError("x", 0))
+
+
 def test_nats_reconnects_counted(tel, reader):
     tel.nats_reconnect()
     tel.nats_reconnect()

@@ -632,7 +632,7 @@ class Market:
         """Bars of timeframe ``tf`` opening on broker days d0..d1: (times, block), empty bars removed."""
         d0 = max(d0, HISTORY_START_DAY)
         d1 = min(d1, now_bms // DAY_MS)
-        if d1 < d0:
+        if d1 < d0 or self.quiet:  # a market with no ticks has no bars
             return np.empty(0, dtype=np.int64), np.empty((7, 0), dtype=np.int64)
         secs = C.TIMEFRAME_SECONDS[tf]
         step = secs if secs is not None and secs <= 86400 else 86400
