@@ -54,6 +54,9 @@ class Publisher:
         if nc.is_connected:
             self._up.set()
         self._confirm_interval = confirm_interval
+        self._fast = hasattr(nc, "_send_command") and hasattr(nc, "_flush_pending")
+        self._pending_limit = getattr(nc, "_max_pending_size", 0) or 2 * 1024 * 1024
+        self._subject_bytes: dict[str, bytes] = {}
         self._unconfirmed: list[tuple[Batch, list]] = []
         self._confirmed_at = 0.0
         self.published = 0  # confirmed by the server
@@ -107,14 +110,42 @@ class Publisher:
 
     async def _send(self, msgs) -> bool:
         await self._up.wait()
-        publish = self._nc.publish
         try:
-            for subject, data, headers in msgs:
-                await publish(subject, data, headers=headers)
+            if self._fast and not self._msg_id:
+                await self._send_batch(msgs)
+            else:
+                publish = self._nc.publish
+                for subject, data, headers in msgs:
+                    await publish(subject, data, headers=headers)
         except _RETRYABLE as err:
             self._lost(err)
             return False
         return True
+
+    async def _send_batch(self, msgs) -> None:
+        """A whole batch as one write into nats-py's outgoing buffer.
+
+        Same PUB protocol lines ``nc.publish`` writes, minus ~2 µs of Python
+        per message (checks, a coroutine, a flusher wake-up per call). Uses
+        the client's internal ``_send_command``; ``_fast`` is only set when it
+        exists, else every message goes through ``publish``.
+        """
+        nc, cache = self._nc, self._subject_bytes
+        parts = []
+        for subject, data, _ in msgs:
+            sb = cache.get(subject)
+            if sb is None:
+                sb = cache[subject] = subject.encode()
+            parts.append(b"PUB %b %d\r\n%b\r\n" % (sb, len(data), data))
+        blob = b"".join(parts)
+        if nc.is_closed or not nc.is_connected:
+            raise ConnectionClosedError
+        if nc._pending_data_size + len(blob) > self._pending_limit:
+            raise OutboundBufferLimitError
+        nc.stats["out_msgs"] += len(msgs)
+        nc.stats["out_bytes"] += len(blob)
+        await nc._send_command(blob)
+        await nc._flush_pending()
 
     async def _confirm(self) -> None:
         """One PING/PONG: the server has everything sent before it."""

@@ -55,6 +55,7 @@ class TerminalThread:
         # Time spent inside terminal calls, measured on the thread itself.
         self.cpu_seconds = 0.0
         self.wall_seconds = 0.0
+        self.thread_cpu_seconds = 0.0  # the whole thread, hand-offs included
         self.calls = 0
 
     @property
@@ -121,3 +122,4 @@ class TerminalThread:
                     anyio.from_thread.run_sync(callback, token=job.token)
                 except Exception:  # the event loop is gone (shutdown): nobody waits
                     pass
+            self.thread_cpu_seconds = time.thread_time()

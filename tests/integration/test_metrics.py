@@ -106,3 +106,47 @@ async def test_ticks_published_metric_matches_what_a_subscriber_counted(nats_url
     names = {s.name for s in spans.get_finished_spans()}
     assert any(n.startswith("terminal.") for n in names), names
     assert not any("tick." in n for n in names), names
+
+
+async def test_rpc_requests_are_counted_by_endpoint_and_result_with_a_span_each(nats_url):
+    import nats
+
+    account = unique_account("rpcmetrics")
+    cfg = make_config(nats_url, account, stream={"symbols": SYMBOLS, "timeframes": []})
+    reader = InMemoryMetricReader()
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]), tracer_provider=tracer_provider,
+                          account=account, prefix="mt5")
+    daemon = Daemon(cfg, telemetry=telemetry)
+    nc = await nats.connect(nats_url)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(daemon.run)
+            ok = await nc.request(f"mt5.{account}.rpc.symbols", b"{}", timeout=10)
+            refused = await nc.request(f"mt5.{account}.rpc.price", b'{"symbol": "NOPE"}', timeout=10)
+            tg.cancel_scope.cancel()
+    finally:
+        await nc.close()
+    assert not ok.headers or "Nats-Service-Error-Code" not in ok.headers
+    assert refused.headers and refused.headers.get("Nats-Service-Error-Code") == "400"
+
+    pts = metric_points(reader)
+    requests = {(p.attributes["endpoint"], p.attributes["result"]): p.value for p in pts["mt5d.rpc.requests"]}
+    assert requests == {("symbols", "ok"): 1, ("price", "400"): 1}
+    for p in pts["mt5d.rpc.requests"]:
+        assert p.attributes["messaging.destination.template"] == f"mt5.{{account}}.rpc.{p.attributes['endpoint']}"
+        assert p.attributes["messaging.operation.type"] == "process"
+        assert account not in str(dict(p.attributes))
+    assert sum(p.count for p in pts["mt5d.rpc.duration"]) == 2
+
+    # One span per request; the terminal request it made is its child.
+    finished = spans.get_finished_spans()
+    rpc_spans = {s.name: s for s in finished if s.name.startswith("process ")}
+    assert set(rpc_spans) == {"process mt5.{account}.rpc.symbols", "process mt5.{account}.rpc.price"}
+    symbols_span = rpc_spans["process mt5.{account}.rpc.symbols"]
+    assert symbols_span.attributes["messaging.destination.name"] == f"mt5.{account}.rpc.symbols"
+    children = [s for s in finished if s.parent is not None and s.parent.span_id == symbols_span.context.span_id]
+    assert children and all(s.name.startswith("terminal.") for s in children)
+    assert rpc_spans["process mt5.{account}.rpc.price"].attributes["error.type"] == "MT5ValidationError"
