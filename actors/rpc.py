@@ -40,6 +40,7 @@ from daemon.terminal.mt5_constants import COPY_TICKS_ALL, TICK_DTYPE, TIMEFRAMES
 from schemas.codec import Codec
 from schemas.errors import (
     MT5CircuitBreakerOpen,
+    MT5ConnectionError,
     MT5Error,
     MT5StateError,
     MT5TimeoutError,
@@ -78,6 +79,8 @@ SERVICE_NAME = "mt5d"
 CLOSE_GRACE_S = 2
 # Tick history: the first copy_ticks_from asks for at most this many ticks, later ones 4x more.
 FIRST_FETCH = 1024
+# "busy" refusals are logged at most this often (with the running count).
+BUSY_LOG_EVERY = 10.0
 
 
 def _version() -> str:
@@ -139,6 +142,7 @@ class RpcService:
         self._tick_size: dict[str, int] = {}
         self.in_flight = 0
         self.refused_busy = 0
+        self._busy_logged_at = float("-inf")
         self.service: nats.micro.Service | None = None
         self._work: dict[str, Callable[[Any], Awaitable[Any]]] = {
             "account": self._account_info,
@@ -220,9 +224,9 @@ class RpcService:
             await self._fail(name, req, MT5CircuitBreakerOpen("mt5d is starting or stopping; retry shortly"))
             return
         if self.in_flight >= self._max_in_flight:
-            self.refused_busy += 1
+            self._note_busy(name)
             await self._fail(name, req, MT5CircuitBreakerOpen(
-                f"mt5d is busy ({self.in_flight} requests in flight); retry shortly"))
+                f"mt5d is busy ({self.in_flight} requests in flight); retry shortly"), log_it=False)
             return
         self.in_flight += 1
         tg.start_soon(self._serve, name, req, request, name=f"rpc.{name}")
@@ -251,8 +255,20 @@ class RpcService:
             log.warning("rpc reply not sent", extra={"endpoint": name, "error": type(err).__name__,
                                                      "detail": str(err)[:200], "bytes": len(data)})
 
-    async def _fail(self, name: str, req, err: BaseException) -> None:
-        if isinstance(err, MT5Error):
+    def _note_busy(self, name: str) -> None:
+        """Refusals are counted, and logged at most every BUSY_LOG_EVERY seconds (an
+        overload must not turn into a flood of log lines on top)."""
+        self.refused_busy += 1
+        now = anyio.current_time()
+        if now - self._busy_logged_at >= BUSY_LOG_EVERY:
+            log.warning("rpc busy: requests refused", extra={
+                "endpoint": name, "refused_total": self.refused_busy, "max_in_flight": self._max_in_flight})
+            self._busy_logged_at = now
+
+    async def _fail(self, name: str, req, err: BaseException, *, log_it: bool = True) -> None:
+        if not log_it:
+            pass
+        elif isinstance(err, MT5Error):
             level = logging.INFO if err.status < 500 else logging.WARNING
             log.log(level, "rpc request failed", extra={
                 "endpoint": name, "status": err.status, "error": type(err).__name__,
@@ -288,9 +304,19 @@ class RpcService:
             raise MT5ValidationError(f"unknown symbol {_shown(symbol)}: not one of the symbols this daemon streams")
 
     def _offset_ms(self) -> int:
-        if not self._utc.known:
-            raise MT5StateError("the broker clock offset is not known yet; retry in a moment")
-        return self._utc.offset_ms
+        """The broker clock's offset from UTC, which history requests need before
+        they can call the terminal. Unknown until the poller's first cycle: then
+        say why (the breaker, no connection) rather than something vaguer."""
+        if self._utc.known:
+            return self._utc.offset_ms
+        st = self._conn.status()
+        if st.breaker == "open":
+            wait = f"; retry in {st.retry_after:.0f} s" if st.retry_after is not None else ""
+            raise MT5CircuitBreakerOpen(f"circuit breaker is open: the terminal is not being called{wait}")
+        if not st.connected:
+            raise MT5ConnectionError("not connected to the terminal yet" +
+                                     (f" (last error: {st.last_error})" if st.last_error else ""))
+        raise MT5StateError("the broker clock offset is not known yet; retry in a moment")
 
     def _max_payload(self) -> int:
         return int(getattr(self._nc, "max_payload", 0) or 1024 * 1024)

@@ -451,7 +451,11 @@ class Telemetry:
             client = _import_extra("prometheus_client", "prometheus")
             registry = client.CollectorRegistry()  # ours alone: no clash with the process-global one
             reader = prom.PrometheusMetricReader(registry=registry)
-            started = client.start_http_server(cfg.prometheus_port, addr=cfg.prometheus_host, registry=registry)
+            try:
+                started = client.start_http_server(cfg.prometheus_port, addr=cfg.prometheus_host, registry=registry)
+            except OSError as err:
+                raise OSError(err.errno, f"telemetry.prometheus_port: cannot listen on "
+                                         f"{cfg.prometheus_host}:{cfg.prometheus_port} ({err.strerror or err})") from None
             httpd = started[0] if isinstance(started, tuple) else None
             if httpd is not None:
                 prometheus_address = httpd.server_address[:2]

@@ -17,7 +17,6 @@ loop between examples and a failing example still shrinks.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 
@@ -34,7 +33,7 @@ from daemon.app import Daemon
 from schemas import MT5Client
 from schemas.codec import decode_any
 from schemas.errors import MT5ValidationError
-from schemas.market import TIMEFRAMES, Tick
+from schemas.market import TIMEFRAMES
 from schemas.rpc import (
     ENDPOINTS,
     ERROR_CODE_HEADER,
@@ -223,6 +222,5 @@ async def test_hostile_payloads_get_clean_replies_and_streaming_goes_on(nats_url
     finally:
         await nc.close()
         await col.close()
-    assert not math.isnan(longest)
     print(f"fuzz: {sum(seen.values())} requests in {t1 - t0:.1f} s, replies {dict(sorted(seen.items()))}, "
           f"{n_during} ticks streamed meanwhile, longest gap {longest * 1000:.0f} ms")

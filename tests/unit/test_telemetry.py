@@ -430,3 +430,16 @@ def test_missing_exporter_package_names_the_extra(monkeypatch, exporter, module)
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
     with pytest.raises(ImportError, match=rf"mt5d\[{exporter}\]"):
         Telemetry.from_config(TelemetryConfig(exporter=exporter, prometheus_port=0), account=ACCOUNT, prefix="mt5")
+
+
+def test_prometheus_port_in_use_is_an_os_error_naming_the_address():
+    pytest.importorskip("opentelemetry.exporter.prometheus")
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"telemetry.prometheus_port: cannot listen on 127.0.0.1:{port}"):
+            Telemetry.from_config(TelemetryConfig(exporter="prometheus", prometheus_port=port),
+                                  account=ACCOUNT, prefix="mt5")
