@@ -93,7 +93,7 @@ class Health:
             event=kind,
             detail=detail,
             connection_ok=connection_ok,
-            auth_ok=st.auth_ok,
+            auth_ok=st.auth_ok is True,  # not yet known counts as not ok
             data_feed_ok=connection_ok and now - reference < self._stale_after,
             latency_ms=self._latency_ms if connection_ok else None,
             breaker=st.breaker,

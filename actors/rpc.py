@@ -22,6 +22,7 @@ detail goes to the ``mt5d.rpc`` log, never into the reply.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any, Awaitable, Callable
@@ -83,6 +84,9 @@ FIRST_FETCH = 1024
 BUSY_LOG_EVERY = 10.0
 
 
+_NO_SPAN = contextlib.nullcontext()
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -123,6 +127,7 @@ class RpcService:
         utc: UtcOffset | None = None,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,  # the PriceCache's clock
+        telemetry=None,  # daemon.telemetry.Telemetry: a span and a count per request (None: off)
     ) -> None:
         self._nc = nc
         self._cfg = cfg
@@ -134,6 +139,7 @@ class RpcService:
         self._utc = utc if utc is not None else UtcOffset(None)
         self._wall = wall_clock
         self._mono = monotonic
+        self._tel = telemetry
         self._max_in_flight = cfg.rpc.max_in_flight
         term = cfg.terminal
         # A request may need a connect first, then its own call: never wait longer than both.
@@ -209,44 +215,49 @@ class RpcService:
 
     # ---- intake: runs on nats.micro's per-endpoint task; never waits on the terminal
     async def _accept(self, name: str, req) -> None:
+        span = self._tel.rpc(name, req.subject).begin() if self._tel is not None else None
         try:
             request = _parse(req.data, ENDPOINTS[name][0])
             if name == "price":
                 reply = self._price(request)
-                await self._respond(name, req, self._codec.encode(reply))
+                await self._respond(name, req, self._codec.encode(reply), span)
                 return
             self._precheck(request)
         except Exception as err:  # noqa: BLE001 - every failure becomes an error reply
-            await self._fail(name, req, err)
+            await self._fail(name, req, err, span)
             return
         tg = self._tg
         if tg is None:
-            await self._fail(name, req, MT5CircuitBreakerOpen("mt5d is starting or stopping; retry shortly"))
+            await self._fail(name, req, MT5CircuitBreakerOpen("mt5d is starting or stopping; retry shortly"), span)
             return
         if self.in_flight >= self._max_in_flight:
             self._note_busy(name)
             await self._fail(name, req, MT5CircuitBreakerOpen(
-                f"mt5d is busy ({self.in_flight} requests in flight); retry shortly"), log_it=False)
+                f"mt5d is busy ({self.in_flight} requests in flight); retry shortly"), span, log_it=False)
             return
         self.in_flight += 1
-        tg.start_soon(self._serve, name, req, request, name=f"rpc.{name}")
+        tg.start_soon(self._serve, name, req, request, span, name=f"rpc.{name}")
 
-    async def _serve(self, name: str, req, request) -> None:
+    async def _serve(self, name: str, req, request, span) -> None:
         try:
             try:
-                with anyio.move_on_after(self._deadline) as scope:
+                with anyio.move_on_after(self._deadline) as scope, (span.use() if span is not None else _NO_SPAN):
                     reply = await self._work[name](request)
                 if scope.cancelled_caught:
                     raise MT5TimeoutError(f"{name} did not complete within {self._deadline:g} s")
                 data = self._codec.encode(reply)
             except Exception as err:  # noqa: BLE001 - cancellation (a BaseException) passes through
-                await self._fail(name, req, err)
+                await self._fail(name, req, err, span)
                 return
-            await self._respond(name, req, data)
+            await self._respond(name, req, data, span)
         finally:
             self.in_flight -= 1
+            if span is not None:
+                span.end("cancelled")  # a no-op once the reply was recorded; else shutdown cut it short
 
-    async def _respond(self, name: str, req, data: bytes) -> None:
+    async def _respond(self, name: str, req, data: bytes, span=None) -> None:
+        if span is not None:
+            span.end()
         try:
             await req.respond(data)
         except ValueError:
@@ -265,7 +276,9 @@ class RpcService:
                 "endpoint": name, "refused_total": self.refused_busy, "max_in_flight": self._max_in_flight})
             self._busy_logged_at = now
 
-    async def _fail(self, name: str, req, err: BaseException, *, log_it: bool = True) -> None:
+    async def _fail(self, name: str, req, err: BaseException, span=None, *, log_it: bool = True) -> None:
+        if span is not None:
+            span.end(err)
         if not log_it:
             pass
         elif isinstance(err, MT5Error):

@@ -115,7 +115,10 @@ class Stream(Generic[T]):
         if not self._subs and not self._closed:
             for subject in self._subjects:
                 self._subs.append(await self._nc.subscribe(subject, cb=self._on_msg))
-            await self._nc.flush()  # the server has the interest before we return
+            # The server has the interest before we return. Twice: nats-py's PING
+            # can overtake SUBs still in its buffer.
+            await self._nc.flush()
+            await self._nc.flush()
         return self
 
     async def close(self) -> None:

@@ -291,6 +291,8 @@ def parse_request(data: bytes, type: type[R]) -> R:
         raise MT5ValidationError(f"invalid request: {str(err)[:200]}") from None
     except msgspec.DecodeError as err:
         raise MT5ValidationError(f"malformed request: {str(err)[:200]}") from None
+    except RecursionError:  # deep nesting, even inside an unknown field
+        raise MT5ValidationError("malformed request: nested too deeply") from None
     return req.checked()
 
 
