@@ -21,6 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from actors.breaker import BreakerPolicy
 from actors.gate import Gate
+from daemon.telemetry import Telemetry
 from daemon.terminal.api import TerminalApi
 from daemon.terminal.thread import TerminalThread
 from schemas.errors import (
@@ -94,8 +95,10 @@ class Connection:
         max_auth_failures: int = 3,
         rand: Callable[[], float] = random.random,
         queue_size: int = 64,
+        telemetry: Telemetry | None = None,
     ) -> None:
-        self._api = TerminalApi(module)
+        self._tel = telemetry or Telemetry.disabled()
+        self._api = self._tel.instrument(TerminalApi(module))  # terminal_call per function
         self._module = module
         self._creds = credentials
         self._symbols = symbols
@@ -121,11 +124,13 @@ class Connection:
     async def run_call(self, fn: Callable[[TerminalApi], T], *, timeout: float | None = None) -> T:
         """Run ``fn(api)`` on the terminal thread (one hop; many calls allowed)."""
         reply_send, reply_recv = anyio.create_memory_object_stream[tuple](1)
-        async with reply_recv:
-            await self._send.send(_Request(fn, timeout, reply_send))
-            result, error = await reply_recv.receive()
-        if error is not None:
-            raise error
+        # One span per request (a poll hop, a probe, an RPC's fetch), in the caller's task.
+        with self._tel.span("terminal.reconnect" if fn is None else f"terminal.{getattr(fn, '__name__', 'call')}"):
+            async with reply_recv:
+                await self._send.send(_Request(fn, timeout, reply_send))
+                result, error = await reply_recv.receive()
+            if error is not None:
+                raise error
         return result
 
     async def reconnect(self) -> None:
@@ -280,6 +285,7 @@ class Connection:
     def _note_breaker(self, before: str) -> None:
         after = self._gate.kind
         if after != before:
+            self._tel.breaker_state(after)
             level = logging.WARNING if after != "closed" else logging.INFO
             self._change(f"breaker_{after}", f"circuit breaker {before} -> {after}", level=level)
 

@@ -25,6 +25,7 @@ from actors.cursor import TickCursor, new_ticks
 from actors.messages import Batch
 from actors.prices import PriceCache
 from actors.utc import UtcOffset
+from daemon.telemetry import Telemetry
 from daemon.terminal.api import TerminalApi
 from daemon.terminal.mt5_constants import COPY_TICKS_ALL, RATE_DTYPE, TIMEFRAMES
 from schemas.errors import MT5Error, MT5ValidationError
@@ -51,7 +52,9 @@ class Poller:
         idle_interval: float,
         wall_clock: Callable[[], float] = time.time,
         forming_interval: float = 0.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self._tel = telemetry or Telemetry.disabled()
         self._conn = conn
         self._timeframes = timeframes
         self._out = out
@@ -75,12 +78,15 @@ class Poller:
         quiet_since = anyio.current_time()
         while True:
             started = anyio.current_time()
+            t0 = time.perf_counter()
             try:
                 batch = await self.cycle()
             except MT5Error as err:
                 # The connection actor logged and counted it; the breaker decides when to retry.
                 log.debug("poll cycle failed", extra={"error": type(err).__name__, "detail": err.message})
                 batch = None
+            else:
+                self._tel.poll_cycle(time.perf_counter() - t0)
             if batch is not None and (batch.ticks or batch.candles or batch.forming):
                 await self._out.send(batch)
             if batch is not None and batch.ticks:

@@ -12,6 +12,8 @@ JetStream drops the repeats: the id is symbol, millisecond and position in it).
 from __future__ import annotations
 
 import logging
+import time
+from typing import Callable
 
 import anyio
 from anyio.abc import TaskStatus
@@ -19,6 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from nats.errors import ConnectionClosedError, FlushTimeoutError, OutboundBufferLimitError
 
 from actors.messages import Batch
+from daemon.telemetry import Telemetry
 from schemas.codec import Codec
 from schemas.market import HealthEvent
 from schemas.subjects import Subjects
@@ -42,7 +45,12 @@ class Publisher:
         flush_timeout: float = 2.0,
         confirm_interval: float = 0.1,
         msg_id: bool = False,
+        telemetry: Telemetry | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self._tel = telemetry or Telemetry.disabled()
+        self._wall = wall_clock
+        self._sent_at: list[tuple[float, float]] = []  # (perf_counter, wall ms) per unconfirmed batch
         self._nc = nc
         self._subjects = subjects
         self._codec = codec
@@ -87,6 +95,7 @@ class Publisher:
                 if batch is not None:
                     msgs = self._messages(batch)
                     self._unconfirmed.append((batch, msgs))
+                    self._sent_at.append((time.perf_counter(), self._wall() * 1000))
                     if not await self._send(msgs):
                         await self._recover()
                 if self._unconfirmed and (batch is None or
@@ -156,10 +165,14 @@ class Publisher:
                 self._lost(err)
                 await self._recover()
                 continue
-            for batch, _ in self._unconfirmed:
+            now = time.perf_counter()
+            for (batch, msgs), (sent, sent_wall_ms) in zip(self._unconfirmed, self._sent_at):
                 self.published += len(batch.ticks)
                 self.candles_published += len(batch.candles)
+                # publish -> confirmed, and the newest tick's age when it was sent
+                self._tel.batch_published(batch, now - sent, len(msgs), now_ms=sent_wall_ms)
             self._unconfirmed.clear()
+            self._sent_at.clear()
             self._confirmed_at = anyio.current_time()
             return
 

@@ -20,6 +20,7 @@ from actors.utc import UtcOffset
 from daemon.config import Config, parse_offset
 from daemon.nats_link import connect_nats
 from daemon.supervisor import Supervisor
+from daemon.telemetry import Telemetry
 from daemon.terminal.backends import open_backend
 from schemas.codec import Codec
 from schemas.market import HealthEvent
@@ -39,6 +40,7 @@ class Daemon:
     notifier: Any = None
     wall_clock: Callable[[], float] = time.time
     module: Any = None  # the terminal (built from config when None)
+    telemetry: Telemetry | None = None  # built from cfg.telemetry when None
 
     def __post_init__(self) -> None:
         cfg = self.cfg
@@ -48,6 +50,8 @@ class Daemon:
         login = cfg.terminal.login or (10001234 if cfg.terminal.backend == "sim" else 0)
         self.account = cfg.nats.account or str(login)
         self.subjects = Subjects(cfg.nats.prefix, self.account)
+        if self.telemetry is None:
+            self.telemetry = Telemetry.from_config(cfg.telemetry, account=self.account, prefix=cfg.nats.prefix)
         self.codec = Codec(cfg.nats.encoding)
         self.prices = PriceCache()
         self.supervisor = Supervisor(max_restarts=cfg.supervisor.max_restarts, window=cfg.supervisor.restart_window,
@@ -67,13 +71,14 @@ class Daemon:
             operation_timeout=cfg.terminal.operation_timeout,
             events=self._changes_send,
             max_auth_failures=cfg.terminal.auth_retries,
+            telemetry=self.telemetry,
         )
         off = cfg.stream.server_utc_offset
         self.poller = Poller(
             conn=self.conn, timeframes=cfg.stream.timeframes, out=self._batches_send, prices=self.prices,
             utc=UtcOffset(None if off == "auto" else parse_offset(off)),
             poll_interval=cfg.stream.poll_interval, idle_interval=cfg.stream.idle_poll_interval,
-            wall_clock=self.wall_clock, forming_interval=cfg.stream.forming_interval,
+            wall_clock=self.wall_clock, forming_interval=cfg.stream.forming_interval, telemetry=self.telemetry,
         )
         self.health = Health(
             conn=self.conn, account=self.account, changes=self._changes_recv, out=self._health_send,
@@ -93,6 +98,7 @@ class Daemon:
                 await holder["p"].on_disconnected()
 
         async def reconnected() -> None:
+            self.telemetry.nats_reconnect()
             if "p" in holder:
                 await holder["p"].on_reconnected()
 
@@ -101,6 +107,7 @@ class Daemon:
         self.publisher = holder["p"] = Publisher(
             nc=self.nc, subjects=self.subjects, codec=self.codec, batches=self._batches_recv,
             health=self._health_recv, msg_id=cfg.nats.msg_id,
+            telemetry=self.telemetry, wall_clock=self.wall_clock,
         )
         try:
             async with anyio.create_task_group() as tg:
@@ -114,7 +121,8 @@ class Daemon:
 
                     self.rpc = RpcService(nc=self.nc, cfg=cfg, account=self.account, conn=self.conn,
                                           prices=self.prices, health=self.health, codec=self.codec,
-                                          utc=self.poller.utc, wall_clock=self.wall_clock)
+                                          utc=self.poller.utc, wall_clock=self.wall_clock,
+                                          telemetry=self.telemetry)
                     await tg.start(sup.child, "rpc", self.rpc.run)
                 st = self.conn.status()
                 log.info("mt5d ready", extra={"account": self.account, "breaker": st.breaker,

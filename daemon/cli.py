@@ -90,7 +90,14 @@ async def _run(cfg, secrets) -> int:
     from daemon.supervisor import SupervisorGaveUp
 
     notifier = Notifier.from_env()
-    daemon = Daemon(cfg, secrets=secrets, notifier=notifier)
+    try:
+        daemon = Daemon(cfg, secrets=secrets, notifier=notifier)
+    except ImportError as err:  # telemetry exporter without its extra (mt5d[otlp], mt5d[prometheus])
+        log.error("telemetry exporter unavailable", extra={"detail": str(err), "exit_code": EX_CONFIG})
+        return EX_CONFIG
+    except OSError as err:  # e.g. the Prometheus port is taken: systemd may retry
+        log.error("telemetry exporter could not start", extra={"detail": str(err), "exit_code": EX_UNAVAILABLE})
+        return EX_UNAVAILABLE
     code = EX_OK
     try:
         async with anyio.create_task_group() as tg:
@@ -116,6 +123,8 @@ async def _run(cfg, secrets) -> int:
             code = EX_SOFTWARE
         else:
             raise
+    finally:
+        daemon.telemetry.shutdown()  # flush the last metrics and spans
     log.info("mt5d stopped", extra={"exit_code": code})
     return code
 

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from daemon.telemetry import TelemetryConfig, telemetry_problems
 from daemon.terminal.mt5_constants import TIMEFRAMES as _TIMEFRAMES
 
 TIMEFRAME_NAMES = tuple(_TIMEFRAMES)
@@ -129,6 +130,7 @@ class Config(_Section):
     supervisor: SupervisorConfig = SupervisorConfig()
     rpc: RpcConfig = RpcConfig()
     logging: LoggingConfig = LoggingConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
 
 class ConfigError(Exception):
@@ -222,6 +224,7 @@ def _cross_checks(cfg: Config) -> list[str]:
         problems.append(f"nats.account: {cfg.nats.account!r} (expected letters, digits, _ or -)")
     if cfg.terminal.backend != "sim" and cfg.terminal.login == 0:
         problems.append("terminal.login: 0 (expected the account login, or MT5_LOGIN in the environment)")
+    problems.extend(telemetry_problems(cfg.telemetry))
     return problems
 
 
