@@ -63,7 +63,6 @@ class Publisher:
             self._up.set()
         self._confirm_interval = confirm_interval
         self._fast = hasattr(nc, "_send_command") and hasattr(nc, "_flush_pending")
-        self._pending_limit = getattr(nc, "_max_pending_size", 0) or 2 * 1024 * 1024
         self._subject_bytes: dict[str, bytes] = {}
         self._unconfirmed: list[tuple[Batch, list]] = []
         self._confirmed_at = 0.0
@@ -147,10 +146,10 @@ class Publisher:
                 sb = cache[subject] = subject.encode()
             parts.append(b"PUB %b %d\r\n%b\r\n" % (sb, len(data), data))
         blob = b"".join(parts)
-        if nc.is_closed or not nc.is_connected:
+        # Like publish(): never buffer while disconnected (we hold the batch
+        # instead); when connected, a buffer over pending_size is written at once.
+        if nc.is_closed or not nc.is_connected or nc.is_draining_pubs:
             raise ConnectionClosedError
-        if nc._pending_data_size + len(blob) > self._pending_limit:
-            raise OutboundBufferLimitError
         nc.stats["out_msgs"] += len(msgs)
         nc.stats["out_bytes"] += len(blob)
         await nc._send_command(blob)
