@@ -19,7 +19,6 @@ subscriber in this process receiving what it publishes:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -54,7 +53,7 @@ def _child_main(raw_json: str) -> int:
             await tg.start(daemon.run)
             cpu0, term0 = time.process_time(), daemon.conn.thread.cpu_seconds
             wall0, pub0 = time.perf_counter(), daemon.publisher.published
-            print(json.dumps({"ready": True}), flush=True)
+            print('{"ready": true}', flush=True)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     break
@@ -68,7 +67,7 @@ def _child_main(raw_json: str) -> int:
             tg.cancel_scope.cancel()
 
     anyio.run(main)
-    print(json.dumps(out), flush=True)
+    print(msgspec.json.encode(out).decode(), flush=True)
     return 0
 
 
@@ -83,11 +82,11 @@ def _rss_mb() -> float:
 class Child:
     def __init__(self, raw: dict) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.bench", "child", json.dumps(raw)],
+            [sys.executable, "-m", "daemon.bench", "child", msgspec.json.encode(raw).decode()],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         line = self.proc.stdout.readline()
-        if not line or not json.loads(line).get("ready"):
+        if not line or not msgspec.json.decode(line).get("ready"):
             raise RuntimeError("bench daemon did not start")
 
     def rss_mb(self) -> float:
@@ -100,7 +99,7 @@ class Child:
     def stop(self) -> dict:
         self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=30)
-        return json.loads(out.strip().splitlines()[-1])
+        return msgspec.json.decode(out.strip().splitlines()[-1])
 
 
 def _config(url: str, *, tps: float, poll: float, symbols: int = SYMBOLS_50, faults=(), msg_id=False) -> dict:
@@ -355,6 +354,54 @@ class _NaiveLoop:
         self.window = (lo, hi)
 
 
+# ---- terminal call costs ------------------------------------------------------------
+def phase_calls(calls: int = 2000) -> dict:
+    """One terminal call (symbol_info_tick) and one 50-symbol poll cycle, per backend."""
+    from actors.cursor import TickCursor
+    from actors.poller import _collect
+    from daemon.terminal.api import TerminalApi
+    from daemon.terminal.backends import RpycTerminal
+    from daemon.terminal.sim import SimTerminal, synthetic_symbols
+
+    names = [s.name for s in synthetic_symbols(SYMBOLS_50)]
+    opts = dict(seed=7, ticks_per_second=200.0, synthetic_symbols=SYMBOLS_50)
+
+    def measure(module) -> tuple[float, float]:
+        api = TerminalApi(module)
+        api.initialize(path=None, login=None, password=None, server=None, timeout_ms=5000)
+        for name in names:
+            api.symbol_select(name, True)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            api.symbol_info_tick(names[0])
+        per_call = (time.perf_counter() - t0) / calls
+        cursors = {n: TickCursor(api.symbol_info_tick(n).time_msc, 0) for n in names}
+        cycles = max(20, calls // 100)
+        t0 = time.perf_counter()
+        for _ in range(cycles):
+            ticks = _collect(api, cursors, [], [], [], None)[0]
+            cursors.update({n: c for n, (_, c, _) in ticks.items()})
+            time.sleep(0.01)  # a 10 ms poll interval: each cycle finds ~2 new ticks per symbol
+        per_cycle = (time.perf_counter() - t0) / cycles - 0.01
+        return per_call, per_cycle
+
+    out = {}
+    sim = SimTerminal(seed=7, ticks_per_second=200.0, symbols=list(synthetic_symbols(SYMBOLS_50)), clock=time.time)
+    out["sim_call_us"], out["sim_cycle50_us"] = (round(v * 1e6, 1) for v in measure(sim))
+    try:
+        from daemon.terminal.rpyc_bridge import RpycBridge
+
+        bridge = RpycBridge(**opts)
+    except (ImportError, RuntimeError):
+        return out  # rpyc not installed (the rpyc extra)
+    try:
+        remote = RpycTerminal("127.0.0.1", bridge.port, request_timeout=30.0)
+        out["rpyc_call_us"], out["rpyc_cycle50_us"] = (round(v * 1e6, 1) for v in measure(remote))
+    finally:
+        bridge.stop()
+    return out
+
+
 # ---- report --------------------------------------------------------------------------
 async def run_bench(quick: bool, soak: float) -> dict:
     scale = 0.25 if quick else 1.0
@@ -366,6 +413,7 @@ async def run_bench(quick: bool, soak: float) -> dict:
             results.update(await phase_realistic(server.url, 30 * scale, soak=soak))
             results.update(await phase_idle(server.url, 20 * scale))
             results.update(await phase_completeness(server, 30 * scale))
+            results.update(phase_calls(500 if quick else 2000))
         finally:
             server.stop()
     return results
@@ -388,6 +436,8 @@ def _table(r: dict) -> str:
         ("completeness (target 1.0, exact order)", f'{r["completeness"]} ({r["completeness_exact_order"]}, '
                                                    f'{r["completeness_ticks"]} ticks)'),
         ("naive symbol_info_tick loop completeness", r["naive_completeness"]),
+        ("terminal call µs: sim in process / rpyc loopback", f'{r["sim_call_us"]} / {r.get("rpyc_call_us", "-")}'),
+        ("50-symbol poll cycle µs: sim / rpyc", f'{r["sim_cycle50_us"]} / {r.get("rpyc_cycle50_us", "-")}'),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -395,7 +445,7 @@ def _table(r: dict) -> str:
 
 def main(args) -> int:
     results = anyio.run(run_bench, args.quick, args.soak)
-    print(json.dumps(results) if args.json else _table(results))
+    print(msgspec.json.encode(results).decode() if args.json else _table(results))
     return 0
 
 

@@ -11,6 +11,7 @@ import nats
 
 from daemon.app import Daemon
 from daemon.config import parse_config
+from daemon.terminal.rpyc_bridge import RpycBridge  # noqa: F401  (re-exported for the tests)
 from schemas.codec import Codec
 from schemas.market import Candle, HealthEvent, Tick
 
@@ -97,40 +98,3 @@ async def running(daemon: Daemon):
         finally:
             tg.cancel_scope.cancel()
 
-
-class RpycBridge:
-    """A real rpyc classic server process serving the sim terminal as its ``MetaTrader5`` module,
-    like the mt5linux bridge next to a Windows terminal."""
-
-    SCRIPT = """
-import json, sys, time
-import daemon.terminal.mt5sim as sim
-from daemon.terminal.sim import Fault
-opts = json.loads(sys.argv[1])
-opts["faults"] = [Fault(**f) for f in opts.get("faults", [])]
-shift = opts.pop("clock_shift", 0.0)
-sim.configure(clock=lambda: time.time() + shift, **opts)
-sys.modules["MetaTrader5"] = sim
-from rpyc.core.service import ClassicService
-from rpyc.utils.server import ThreadedServer
-server = ThreadedServer(ClassicService, hostname="127.0.0.1", port=0, protocol_config={"allow_all_attrs": True})
-print(server.port, flush=True)
-server.start()
-"""
-
-    def __init__(self, **sim_options) -> None:
-        import json
-        import subprocess
-        import sys
-
-        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT, json.dumps(sim_options)],
-                                     stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if not line.strip():
-            self.proc.kill()
-            raise RuntimeError("rpyc bridge did not start")
-        self.port = int(line)
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
