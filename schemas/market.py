@@ -22,7 +22,7 @@ TIMEFRAMES: tuple[str, ...] = (
 BREAKER_STATES: tuple[str, ...] = ("closed", "open", "half_open")
 
 
-class Tick(msgspec.Struct, frozen=True, kw_only=True):
+class Tick(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One tick, every field MT5's ``Tick`` has (its ``time`` is ``time_broker``)."""
 
     symbol: str  # raw broker symbol, unescaped ("EURUSD.m")
@@ -44,7 +44,7 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True):
         return self.time_msc_broker // 1000
 
 
-class Candle(msgspec.Struct, frozen=True, kw_only=True):
+class Candle(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One bar. ``closed=False`` marks the forming bar (it will still change)."""
 
     symbol: str
