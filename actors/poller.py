@@ -195,42 +195,53 @@ def _candles(symbol: str, tf: str, rates: np.ndarray, off_ms: int, closed: bool)
 
 
 def _collect(api: TerminalApi, cursors, due, new_trackers, forming, now_broker_s):
-    """Runs on the terminal thread: every terminal call of one cycle."""
+    """Runs on the terminal thread: every terminal call of one cycle, batched per
+    function (over the rpyc bridge a batch is one round trip)."""
     ticks: dict[str, tuple[np.ndarray, TickCursor, bool]] = {}
     bad: list[tuple[str, str]] = []
-    for symbol, cursor in cursors.items():
-        try:
-            latest = api.symbol_info_tick(symbol)
-            if cursor is None:
-                # Start: everything up to the newest tick counts as already published.
-                arr = api.copy_ticks_from(symbol, latest.time_msc // 1000, FETCH_COUNT, COPY_TICKS_ALL)
-                _, start = new_ticks(arr, TickCursor(0, 0))
-                ticks[symbol] = (arr[:0], start if len(arr) else TickCursor(latest.time_msc, 1), True)
-                continue
-            if latest.time_msc == cursor.last_msc:
-                continue  # nothing new (the cheap check)
-            ticks[symbol] = (*_fetch_since(api, symbol, cursor), False)
-        except MT5ValidationError as err:
-            bad.append((symbol, err.message))
-    bars = {}
-    for (symbol, tf), tracker in due:
-        try:
-            count = tracker.fetch_count(now_broker_s) if now_broker_s else 2
-            bars[(symbol, tf)] = api.copy_rates_from_pos(symbol, TIMEFRAMES[tf], 0, count)
-        except MT5ValidationError:
-            bars[(symbol, tf)] = _no_rates()
-    new_bars = {}
-    for symbol, tf in new_trackers:
-        try:
-            new_bars[(symbol, tf)] = api.copy_rates_from_pos(symbol, TIMEFRAMES[tf], 0, 2)
-        except MT5ValidationError:
-            new_bars[(symbol, tf)] = _no_rates()
-    forming_bars = {}
-    for symbol, tf in forming:
-        try:
-            forming_bars[(symbol, tf)] = api.copy_rates_from_pos(symbol, TIMEFRAMES[tf], 0, 1)
-        except MT5ValidationError:
-            pass
+
+    def usable(symbol, result) -> bool:
+        if isinstance(result, MT5ValidationError):
+            bad.append((symbol, result.message))
+            return False
+        if isinstance(result, MT5Error):
+            raise result  # the terminal itself failed: the whole cycle fails
+        return True
+
+    symbols = list(cursors)
+    want = []  # symbols that moved (the cheap check), or start
+    for symbol, latest in zip(symbols, api.batch("symbol_info_tick", [(s,) for s in symbols])):
+        cursor = cursors[symbol]
+        if usable(symbol, latest) and (cursor is None or latest.time_msc != cursor.last_msc):
+            want.append((symbol, cursor, latest))
+    fetched = api.batch("copy_ticks_from", [
+        (s, c.from_second if c else latest.time_msc // 1000, FETCH_COUNT, COPY_TICKS_ALL) for s, c, latest in want])
+    for (symbol, cursor, latest), arr in zip(want, fetched):
+        if not usable(symbol, arr):
+            continue
+        if cursor is None:
+            # Start: everything up to the newest tick counts as already published.
+            _, start = new_ticks(arr, TickCursor(0, 0))
+            ticks[symbol] = (arr[:0], start if len(arr) else TickCursor(latest.time_msc, 1), True)
+            continue
+        fresh, cursor = new_ticks(arr, cursor)
+        if len(arr) >= FETCH_COUNT:  # a full fetch: there is more (rare; one symbol at a time)
+            more, cursor = _fetch_since(api, symbol, cursor)
+            fresh = np.concatenate([fresh, more]) if len(more) else fresh
+        ticks[symbol] = (fresh, cursor, False)
+
+    requests = ([("due", key, (tracker.fetch_count(now_broker_s) if now_broker_s else 2)) for key, tracker in due]
+                + [("new", key, 2) for key in new_trackers] + [("forming", key, 1) for key in forming])
+    results = api.batch("copy_rates_from_pos",
+                        [(s, TIMEFRAMES[tf], 0, count) for _, (s, tf), count in requests], args_fail=True)
+    bars, new_bars, forming_bars = {}, {}, {}
+    for (kind, key, _), rates in zip(requests, results):
+        ok = not isinstance(rates, MT5ValidationError)
+        if not ok and kind == "forming":
+            continue
+        if isinstance(rates, MT5Error) and ok:
+            raise rates
+        {"due": bars, "new": new_bars, "forming": forming_bars}[kind][key] = rates if ok else _no_rates()
     return ticks, bars, new_bars, forming_bars, bad
 
 

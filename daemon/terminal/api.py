@@ -70,6 +70,34 @@ class TerminalApi:
             raise translate_error(int(code), str(description), what, args_fail=args_fail)
         return self._copy(result)
 
+    def batch(self, name: str, arg_tuples: list[tuple], *, args_fail: bool = False) -> list[Any]:
+        """Many calls of one function: each item the result or its ``MT5Error``.
+
+        The rpyc bridge does them in one round trip (a poll cycle is a few
+        round trips, not one per symbol); other backends just loop.
+        """
+        if hasattr(self._mt5, "batch"):
+            pairs = self._mt5.batch(name, arg_tuples)
+        else:
+            fn, last_error = getattr(self._mt5, name), self._mt5.last_error
+            pairs = []
+            for args in arg_tuples:
+                r = fn(*args)
+                pairs.append((r, last_error() if r is None or r is False else None))
+        check = _BATCH_CHECKS.get(name)
+        out = []
+        for args, (result, err) in zip(arg_tuples, pairs):
+            if result is None or result is False:
+                code, description = err
+                out.append(translate_error(int(code), str(description), f"{name}({args[0]})", args_fail=args_fail))
+            else:
+                result = self._copy(result)
+                try:
+                    out.append(check(result, args[0]) if check else result)
+                except MT5Error as bad:
+                    out.append(bad)
+        return out
+
     # connection -------------------------------------------------------
     def initialize(self, *, path: str | None, login: int | None, password: str | None,
                    server: str | None, timeout_ms: int) -> None:
@@ -149,3 +177,11 @@ def _checked_rates(arr: Any, symbol: str) -> np.ndarray:
     if len(arr) and not math.isfinite(float(arr["close"][-1])):
         raise MT5DataError(f"bars for {symbol}: NaN prices", 0)
     return arr
+
+
+_BATCH_CHECKS = {
+    "copy_ticks_from": _checked_ticks,
+    "copy_ticks_range": _checked_ticks,
+    "copy_rates_from_pos": _checked_rates,
+    "copy_rates_range": _checked_rates,
+}

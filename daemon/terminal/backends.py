@@ -57,12 +57,16 @@ def open_backend(cfg: Config, *, clock: Callable[[], float] = time.time, passwor
 _BRIDGE_CODE = '''
 import pickle as _p
 import MetaTrader5 as _mt5
-def _mt5d_call(name, args, kwargs):
+def _mt5d_one(name, args, kwargs=()):
     res = getattr(_mt5, name)(*args, **dict(kwargs))
     if hasattr(res, "_asdict"):
         d = res._asdict()
         res = ("__nt__", type(res).__name__, tuple(d), tuple(d.values()))
-    return _p.dumps((res, tuple(_mt5.last_error())), protocol=4)
+    return res, tuple(_mt5.last_error())
+def _mt5d_call(name, args, kwargs):
+    return _p.dumps(_mt5d_one(name, args, kwargs), protocol=4)
+def _mt5d_batch(name, arg_tuples):
+    return _p.dumps([_mt5d_one(name, args) for args in arg_tuples], protocol=4)
 '''
 
 
@@ -73,6 +77,7 @@ class RpycTerminal:
         self._host, self._port, self._timeout = host, port, request_timeout
         self._conn = None
         self._call = None
+        self._batch = None
         self._last_error: tuple[int, str] = (1, "Success")
         self._types: dict[tuple, type] = {}
         try:
@@ -94,6 +99,7 @@ class RpycTerminal:
         conn._config["sync_request_timeout"] = self._timeout
         conn.execute(_BRIDGE_CODE)
         self._conn, self._call = conn, conn.namespace["_mt5d_call"]
+        self._batch = conn.namespace["_mt5d_batch"]
 
     def _invoke(self, name: str, args: tuple, kwargs: dict) -> Any:
         try:
@@ -109,6 +115,23 @@ class RpycTerminal:
             self._last_error = (-10005, "IPC timeout (bridge)")
             return None
         result, self._last_error = pickle.loads(bytes(blob))
+        return self._local(result)
+
+    def batch(self, name: str, arg_tuples: list[tuple]) -> list[tuple[Any, tuple[int, str]]]:
+        """Many calls of one function in one round trip: [(result, last_error), ...]."""
+        try:
+            if self._call is None:
+                self._connect()
+            blob = self._batch(name, tuple(arg_tuples))
+        except (OSError, EOFError) as err:
+            self._drop()
+            return [(None, (-10004, f"No IPC connection (bridge: {type(err).__name__})"))] * len(arg_tuples)
+        except TimeoutError:
+            self._drop()
+            return [(None, (-10005, "IPC timeout (bridge)"))] * len(arg_tuples)
+        return [(self._local(r), err) for r, err in pickle.loads(bytes(blob))]
+
+    def _local(self, result: Any) -> Any:
         if isinstance(result, tuple) and len(result) == 4 and result[0] == "__nt__":
             _, typename, fields, values = result
             cls = self._types.get((typename, fields))
@@ -118,7 +141,7 @@ class RpycTerminal:
         return result
 
     def _drop(self) -> None:
-        conn, self._conn, self._call = self._conn, None, None
+        conn, self._conn, self._call, self._batch = self._conn, None, None, None
         if conn is not None:
             try:
                 conn.close()
