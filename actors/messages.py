@@ -16,6 +16,9 @@ class Batch:
     ticks: list[Tick] = field(default_factory=list)
     candles: list[Candle] = field(default_factory=list)
     forming: list[Candle] = field(default_factory=list)
+    # Where capture stands once this batch is out: saved when NATS confirms it.
+    cursors: dict = field(default_factory=dict)  # symbol -> TickCursor
+    bars: dict = field(default_factory=dict)  # (symbol, timeframe) -> last closed bar time
 
 
 @dataclass(slots=True)

@@ -53,6 +53,7 @@ class Poller:
         wall_clock: Callable[[], float] = time.time,
         forming_interval: float = 0.0,
         telemetry: Telemetry | None = None,
+        resume: tuple[dict, dict] = ({}, {}),
     ) -> None:
         self._tel = telemetry or Telemetry.disabled()
         self._conn = conn
@@ -65,7 +66,9 @@ class Poller:
         self._wall = wall_clock
         self._forming_interval = forming_interval
         # Survive actor restarts and reconnects: capture resumes from here.
-        self.cursors: dict[str, TickCursor] = {}
+        # (from the capture state of a previous run, if any)
+        self.cursors: dict[str, TickCursor] = dict(resume[0])
+        self._resume_bars: dict[tuple[str, str], int] = dict(resume[1])
         self.trackers: dict[tuple[str, str], CandleTracker] = {}
         self._newest_s: dict[str, int] = {}
         self._forming_at: dict[tuple[str, str], float] = {}
@@ -142,6 +145,8 @@ class Poller:
             before = self.cursors.get(symbol)
             self.cursors[symbol] = cursor
             self._newest_s[symbol] = cursor.last_msc // 1000
+            if len(fresh):
+                batch.cursors[symbol] = cursor
             if is_start:
                 if not self.utc.known and cursor.last_msc:
                     self.utc.observe(cursor.last_msc, wall_ms)
@@ -172,10 +177,17 @@ class Poller:
                 last_closed, forming = int(rates["time"][-1]) - 1, int(rates["time"][-1])
             else:
                 last_closed = forming = bar_start(tf, now_broker_s)
+            resumed = self._resume_bars.pop((symbol, tf), None)
+            if resumed is not None and resumed < last_closed:
+                # Bars closed while mt5d was down: look at once, from where it stopped.
+                last_closed, forming = resumed, resumed
             self.trackers[(symbol, tf)] = CandleTracker(tf, last_closed, bar_end(tf, forming))
         for (symbol, tf), rates in bars.items():
-            closed = self.trackers[(symbol, tf)].closed(rates, now_broker_s)
-            batch.candles.extend(_candles(symbol, tf, closed, off, True))
+            tracker = self.trackers[(symbol, tf)]
+            closed = tracker.closed(rates, now_broker_s)
+            if len(closed):
+                batch.candles.extend(_candles(symbol, tf, closed, off, True))
+                batch.bars[(symbol, tf)] = tracker.last_closed
         for (symbol, tf), rates in forming_bars.items():
             batch.forming.extend(_candles(symbol, tf, rates, off, False))
         for symbol, message in bad:

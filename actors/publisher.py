@@ -45,6 +45,7 @@ class Publisher:
         flush_timeout: float = 2.0,
         confirm_interval: float = 0.1,
         msg_id: bool = False,
+        state=None,  # actors.state.StateFile: where capture stands, saved as NATS confirms
         telemetry: Telemetry | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -62,6 +63,8 @@ class Publisher:
         if nc.is_connected:
             self._up.set()
         self._confirm_interval = confirm_interval
+        self._state = state
+        self._saved_at = 0.0
         self._fast = hasattr(nc, "_send_command") and hasattr(nc, "_flush_pending")
         self._subject_bytes: dict[str, bytes] = {}
         self._unconfirmed: list[tuple[Batch, list]] = []
@@ -80,6 +83,22 @@ class Publisher:
         log.info("NATS connection back; publishing the gap")
 
     async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            if self._state is not None:
+                # A clean stop confirms what was sent, so the next start repeats nothing.
+                with anyio.move_on_after(2, shield=True):
+                    if self._unconfirmed and self._nc.is_connected:
+                        try:
+                            await self._nc.flush(timeout=2)
+                            for batch, _ in self._unconfirmed:
+                                self._state.confirmed(batch.cursors, batch.bars)
+                        except _RETRYABLE:
+                            pass  # not confirmed: the next start sends them again
+                self._state.save()
+
+    async def _run(self, task_status: TaskStatus) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._health_loop)
             task_status.started()
@@ -170,6 +189,12 @@ class Publisher:
                 self.candles_published += len(batch.candles)
                 # publish -> confirmed, and the newest tick's age when it was sent
                 self._tel.batch_published(batch, now - sent, len(msgs), now_ms=sent_wall_ms)
+            if self._state is not None:
+                for batch, _ in self._unconfirmed:
+                    self._state.confirmed(batch.cursors, batch.bars)
+                if anyio.current_time() - self._saved_at >= 1.0:
+                    self._state.save()
+                    self._saved_at = anyio.current_time()
             self._unconfirmed.clear()
             self._sent_at.clear()
             self._confirmed_at = anyio.current_time()

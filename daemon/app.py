@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -16,6 +18,7 @@ from actors.messages import Batch
 from actors.poller import Poller
 from actors.prices import PriceCache
 from actors.publisher import Publisher
+from actors.state import StateFile
 from actors.utc import UtcOffset
 from daemon.config import Config, parse_offset
 from daemon.nats_link import connect_nats
@@ -74,11 +77,16 @@ class Daemon:
             telemetry=self.telemetry,
         )
         off = cfg.stream.server_utc_offset
+        state_dir = cfg.stream.state_dir or os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        self.state = (StateFile(Path(state_dir) / f"capture-{self.account}.json",
+                                max_gap=cfg.stream.resume_max_gap, clock=self.wall_clock)
+                      if state_dir else None)
         self.poller = Poller(
             conn=self.conn, timeframes=cfg.stream.timeframes, out=self._batches_send, prices=self.prices,
             utc=UtcOffset(None if off == "auto" else parse_offset(off)),
             poll_interval=cfg.stream.poll_interval, idle_interval=cfg.stream.idle_poll_interval,
             wall_clock=self.wall_clock, forming_interval=cfg.stream.forming_interval, telemetry=self.telemetry,
+            resume=self.state.load() if self.state else ({}, {}),
         )
         self.health = Health(
             conn=self.conn, account=self.account, changes=self._changes_recv, out=self._health_send,
@@ -106,7 +114,7 @@ class Daemon:
                                      on_disconnected=disconnected, on_reconnected=reconnected)
         self.publisher = holder["p"] = Publisher(
             nc=self.nc, subjects=self.subjects, codec=self.codec, batches=self._batches_recv,
-            health=self._health_recv, msg_id=cfg.nats.msg_id,
+            health=self._health_recv, msg_id=cfg.nats.msg_id, state=self.state,
             telemetry=self.telemetry, wall_clock=self.wall_clock,
         )
         try:

@@ -72,6 +72,11 @@ class StreamConfig(_Section):
     # Publish the forming bar at most this often per symbol/timeframe (0 = never).
     forming_interval: NonNegFloat = 0.0
     batch_buffer: PositiveInt = 16
+    # Where capture stopped is kept here (default: systemd's $STATE_DIRECTORY;
+    # none: a restart starts from the newest tick). Older state than
+    # resume_max_gap seconds is not replayed.
+    state_dir: str = ""
+    resume_max_gap: PositiveFloat = 600.0
 
 
 class NatsConfig(_Section):

@@ -1,0 +1,73 @@
+"""Where capture stopped, kept on disk, so a restart of mt5d loses no tick.
+
+The publisher saves what NATS confirmed (per symbol the tick cursor, per
+symbol and timeframe the last closed bar); the poller resumes from it at
+start, filling the gap from the terminal's history. State older than
+``max_gap`` seconds is ignored (the backlog would be too long to replay).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import msgspec
+
+from actors.cursor import TickCursor
+
+__all__ = ["CaptureState", "StateFile"]
+
+log = logging.getLogger("mt5d.poller")
+
+
+class CaptureState(msgspec.Struct):
+    saved_at: float = 0.0  # wall clock, seconds
+    ticks: dict[str, tuple[int, int]] = {}  # symbol -> (last_msc, seen)
+    bars: dict[str, int] = {}  # "symbol|timeframe" -> open time of the last closed bar (broker s)
+
+
+class StateFile:
+    def __init__(self, path: Path, *, max_gap: float, clock=time.time) -> None:
+        self.path = path
+        self._max_gap = max_gap
+        self._clock = clock
+        self.state = CaptureState()
+
+    def load(self) -> tuple[dict[str, TickCursor], dict[tuple[str, str], int]]:
+        try:
+            state = msgspec.json.decode(self.path.read_bytes(), type=CaptureState)
+        except FileNotFoundError:
+            return {}, {}
+        except (OSError, msgspec.DecodeError) as err:
+            log.warning("capture state unreadable; starting from the newest tick",
+                        extra={"path": str(self.path), "error": type(err).__name__})
+            return {}, {}
+        age = self._clock() - state.saved_at
+        if age > self._max_gap:
+            log.warning("capture state too old to replay; starting from the newest tick",
+                        extra={"path": str(self.path), "age_seconds": round(age)})
+            return {}, {}
+        self.state = state
+        log.info("resuming capture where it stopped", extra={"age_seconds": round(age, 1),
+                                                             "symbols": len(state.ticks)})
+        cursors = {s: TickCursor(*v) for s, v in state.ticks.items()}
+        bars = {tuple(k.split("|", 1)): v for k, v in state.bars.items()}
+        return cursors, bars  # type: ignore[return-value]
+
+    def confirmed(self, cursors: dict[str, TickCursor], bars: dict[tuple[str, str], int]) -> None:
+        for symbol, c in cursors.items():
+            self.state.ticks[symbol] = (c.last_msc, c.seen)
+        for (symbol, tf), t in bars.items():
+            self.state.bars[f"{symbol}|{tf}"] = t
+
+    def save(self) -> None:
+        """Atomically: a crash mid-write leaves the previous file."""
+        self.state.saved_at = self._clock()
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(msgspec.json.encode(self.state))
+            os.replace(tmp, self.path)
+        except OSError as err:
+            log.warning("capture state not saved", extra={"path": str(self.path), "error": str(err)[:200]})
