@@ -11,7 +11,16 @@ from schemas.codec import decode_any_json_line
 
 
 async def tail(url: str, subject: str, count: int = 0, raw: bool = False) -> int:
-    nc = await nats.connect(url, name="mt5d-tail", max_reconnect_attempts=-1)
+    async def quiet(err: Exception) -> None:  # nats-py prints tracebacks by default
+        print(f"mt5d tail: {type(err).__name__}: {err}", file=sys.stderr)
+
+    try:
+        nc = await nats.connect(url, name="mt5d-tail", error_cb=quiet, connect_timeout=2,
+                                max_reconnect_attempts=3, allow_reconnect=True)
+    except Exception as err:
+        print(f"mt5d tail: cannot reach NATS at {url} ({type(err).__name__}); is `mt5d run` running?",
+              file=sys.stderr)
+        return 69
     done = anyio.Event()
     seen = 0
 

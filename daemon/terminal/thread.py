@@ -19,7 +19,6 @@ from typing import Any, Callable, TypeVar
 
 import anyio
 import anyio.lowlevel
-import sniffio
 
 from schemas.errors import MT5TimeoutError
 
@@ -35,11 +34,12 @@ def _wake_soon() -> Callable[[Callable[[], Any]], None]:
     thread wait for the loop to run the callback (two more thread hand-offs
     per terminal call).
     """
-    if sniffio.current_async_library() == "trio":
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:  # not asyncio: trio (actor tests on virtual time)
         import trio
 
         return trio.lowlevel.current_trio_token().run_sync_soon
-    return asyncio.get_running_loop().call_soon_threadsafe
 
 
 class _Job:
