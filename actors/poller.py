@@ -72,6 +72,7 @@ class Poller:
         self.trackers: dict[tuple[str, str], CandleTracker] = {}
         self._newest_s: dict[str, int] = {}
         self._forming_at: dict[tuple[str, str], float] = {}
+        self._refused: set[str] = set()
         self.last_tick_at: float | None = None  # anyio time of the last new tick
         self.cycles = 0
         self.ticks_out = 0
@@ -190,8 +191,15 @@ class Poller:
                 batch.bars[(symbol, tf)] = tracker.last_closed
         for (symbol, tf), rates in forming_bars.items():
             batch.forming.extend(_candles(symbol, tf, rates, off, False))
+        # Once per symbol, not once per cycle: a refused symbol stays refused for a while.
+        refused = {symbol for symbol, _ in bad}
         for symbol, message in bad:
-            log.error("symbol fetch refused", extra={"symbol": symbol, "detail": message})
+            if symbol not in self._refused:
+                log.error("symbol refused by the terminal; the others keep streaming",
+                          extra={"symbol": symbol, "detail": message})
+        for symbol in self._refused - refused:
+            log.info("symbol served again", extra={"symbol": symbol})
+        self._refused = refused
         self.ticks_out += len(batch.ticks)
         self.cycles += 1
         return batch

@@ -98,3 +98,10 @@ async def running(daemon: Daemon):
         finally:
             tg.cancel_scope.cancel()
 
+
+
+async def eventually(predicate, timeout: float, step: float = 0.02) -> None:
+    """Await a condition nothing signals (another process's state), checking every ``step``."""
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(step)
