@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 import anyio
 import msgspec
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from actors.breaker import BreakerPolicy
 from actors.gate import Gate

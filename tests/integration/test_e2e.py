@@ -13,7 +13,6 @@ import msgspec
 import pytest
 
 from daemon.app import Daemon
-from daemon.natsserver import NatsServer
 from tests.integration.helpers import Collector, RpycBridge, make_config, running, unique_account
 
 pytestmark = pytest.mark.anyio

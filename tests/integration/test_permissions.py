@@ -267,7 +267,7 @@ def test_service_discovery(server_url, user):
 SUBSCRIBE = [
     ("reader", f"mt5.{ACCOUNT}.tick.EURUSD", "mt5d", f"mt5.{ACCOUNT}.health", True),
     ("reader", f"mt5.{ACCOUNT}.tick.>", "mt5d", f"mt5.{ACCOUNT}.health", True),
-    ("reader", f"mt5.*.candle.EURUSD.M1", "mt5d", f"mt5.{ACCOUNT}.health", True),
+    ("reader", "mt5.*.candle.EURUSD.M1", "mt5d", f"mt5.{ACCOUNT}.health", True),
     ("reader", f"mt5.{ACCOUNT}.candle_forming.EURUSD.M1", "mt5d", f"mt5.{ACCOUNT}.health", True),
     ("reader", f"mt5.{ACCOUNT}.rpc.account", "mt5d", f"mt5.{ACCOUNT}.health", False),
     ("reader", f"mt5.{ACCOUNT}.rpc.price", "mt5d", f"mt5.{ACCOUNT}.health", False),

@@ -1,7 +1,6 @@
 """Gapless capture: exactly the unpublished ticks, whatever the fetch boundaries."""
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
