@@ -73,7 +73,8 @@ async def test_ticks_for_every_symbol_health_and_a_candle_at_bar_close(nats_url,
     assert c.close_time_utc_ms - c.time_utc_ms == 60_000
 
 
-async def test_scripted_disconnect_is_survived_and_visible_in_health(nats_url, terminal):
+async def test_scripted_disconnect_is_survived_and_visible_in_health(nats_url, terminal, caplog):
+    caplog.set_level("INFO", logger="mt5d.connection")
     account = unique_account("fault")
     term = terminal(ticks_per_second=20.0, faults=[{"kind": "disconnect", "at": 2.0, "duration": 3.0}])
     cfg = make_config(nats_url, account, stream={"symbols": ["EURUSD", "GBPUSD"], "timeframes": []}, terminal=term)
@@ -94,6 +95,10 @@ async def test_scripted_disconnect_is_survived_and_visible_in_health(nats_url, t
     events = [h.event for h in col.health]
     assert "disconnected" in events and "breaker_open" in events
     assert "breaker_half_open" in events and "breaker_closed" in events
+    # ... and each transition is one log line too.
+    logged = [r.getMessage() for r in caplog.records if r.name == "mt5d.connection"]
+    for transition in ("breaker_open", "breaker_half_open", "breaker_closed", "disconnected", "connected"):
+        assert transition in logged
     # Across the outage the stream has no gap and no repeat.
     mscs = [t.time_msc_broker for t in col.ticks["EURUSD"]]
     assert mscs == sorted(mscs)
