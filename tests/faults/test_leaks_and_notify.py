@@ -153,7 +153,13 @@ async def test_password_never_appears_in_logs_or_nats_messages(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out1, err1 = proc.communicate(timeout=15)
         # 2: wrong NATS password: the daemon keeps retrying and logging it, never printing the secret.
-        proc = start_daemon(config, {"MT5_PASSWORD": MT5_PASSWORD, "NATS_PASSWORD": NATS_PASSWORD + "-wrong"})
+        #    This time the secrets come from systemd's $CREDENTIALS_DIRECTORY and a .env file.
+        creds = tmp_path / "credentials"
+        creds.mkdir()
+        (creds / "mt5-password").write_text(MT5_PASSWORD + "\n")
+        (tmp_path / ".env").write_text(f'NATS_PASSWORD="{NATS_PASSWORD}-wrong"\n')
+        (tmp_path / ".env").chmod(0o600)
+        proc = start_daemon(config, {"CREDENTIALS_DIRECTORY": str(creds)})
         deadline = time.monotonic() + 5
         err_lines = []
         while time.monotonic() < deadline:
@@ -168,6 +174,9 @@ async def test_password_never_appears_in_logs_or_nats_messages(tmp_path):
         server.stop()
     everything = "\n".join([out1, err1, out2, "".join(err_lines), err2]).encode() + b"\n".join(seen)
     assert b"auth_failed" in everything and b"Authorization Violation" in everything
+    # The secrets were really read from each source: environment, credentials directory, .env.
+    for source in (b'"source":"env:MT5_PASSWORD"', b'"source":"credential:', b'"source":"dotenv:'):
+        assert source in everything
     assert any(b".tick." in s for s in seen) and any(b".health" in s for s in seen)
     for secret in (MT5_PASSWORD, NATS_PASSWORD, NATS_PASSWORD + "-wrong"):
         assert secret.encode() not in everything
