@@ -199,7 +199,11 @@ class RpcService:
         async def on_echo(msg) -> None:
             echoed.set()
 
-        sub = await self._nc.subscribe(self._nc.new_inbox(), cb=on_echo)
+        # Under our own rpc group: the daemon's NATS permissions (ops/nats-server.conf)
+        # let it subscribe there and publish under mt5.>, not publish to _INBOX.
+        token = self._nc.new_inbox().rpartition(".")[2]
+        subject = f"{rpc_group(self._cfg.nats.prefix, self._account)}._ready.{token}"
+        sub = await self._nc.subscribe(subject, cb=on_echo)
         try:
             await self._nc.publish(sub.subject, b"")
             with anyio.fail_after(timeout):
