@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from daemon.app import Daemon
 from daemon.telemetry import Telemetry
-from tests.integration.helpers import Collector, make_config, unique_account
+from tests.integration.helpers import Collector, eventually, make_config, unique_account
 
 pytestmark = pytest.mark.anyio
 
@@ -61,9 +61,7 @@ async def test_ticks_published_metric_matches_what_a_subscriber_counted(nats_url
             await col.wait_for(lambda: sum(map(len, col.ticks.values())) >= MIN_TICKS, timeout=15)
             # Stop between batches: everything the poller produced is confirmed by NATS.
             # Checked and cancelled without an await in between, so no new batch can start.
-            with anyio.fail_after(10):
-                while daemon.publisher.published != daemon.poller.ticks_out:
-                    await anyio.sleep(0.005)  # polling a condition, not waiting for time to pass
+            await eventually(lambda: daemon.publisher.published == daemon.poller.ticks_out, timeout=10, step=0.005)
             tg.cancel_scope.cancel()
 
         pts = metric_points(reader)
