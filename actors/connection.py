@@ -27,6 +27,7 @@ from daemon.terminal.thread import TerminalThread
 from schemas.errors import (
     MT5AuthError,
     MT5ConnectionError,
+    MT5DataError,
     MT5Error,
     MT5InitError,
     MT5TimeoutError,
@@ -193,6 +194,14 @@ class Connection:
             self._on_error(err, anyio.current_time())
             self._note_breaker(before)
             raise
+        except Exception as exc:
+            # A result our code could not handle: one failure, not a dead actor
+            # (a crash here would leave a half-open breaker waiting for its trial).
+            log.error("terminal request failed unexpectedly", exc_info=exc)
+            err = MT5DataError("the terminal returned something mt5d could not handle", 0)
+            self._on_error(err, anyio.current_time())
+            self._note_breaker(before)
+            raise err from None
         self._gate.success(anyio.current_time())
         self._note_breaker(before)
         return result

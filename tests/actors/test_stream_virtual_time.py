@@ -159,3 +159,16 @@ async def test_daylight_saving_switch_of_the_broker_clock():
     assert {t.time_msc_broker - t.time_utc_ms for t in ticks} == {10_800_000, 7_200_000}
     utc = [t.time_utc_ms for t in ticks]
     assert utc == sorted(utc)
+
+
+async def test_a_request_that_breaks_our_own_code_is_one_failure_not_a_dead_actor():
+    from schemas.errors import MT5DataError
+
+    rig = Rig(BASE)
+    async with anyio.create_task_group() as tg:
+        await tg.start(rig.conn.run)
+        with pytest.raises(MT5DataError):
+            await rig.conn.run_call(lambda api: api.terminal_info().no_such_field)
+        assert (await rig.conn.run_call(lambda api: api.terminal_info())).connected
+        assert rig.conn.status().breaker == "closed"
+        tg.cancel_scope.cancel()
