@@ -28,11 +28,11 @@ async def test_hung_call_times_out_and_health_goes_on(nats_url):
     col = await Collector(account).start(nats_url)
     try:
         async with running(daemon):
-            await col.wait_for(lambda: any(h.wedged for h in col.health), timeout=5)
+            await col.wait_for(lambda: any(h.wedged for h in col.health), timeout=15)
             t_wedged = anyio.current_time()
             n = len(col.health)
             # Health keeps coming while the terminal thread is stuck.
-            await col.wait_for(lambda: len(col.health) >= n + 3, timeout=5)
+            await col.wait_for(lambda: len(col.health) >= n + 3, timeout=15)
             assert all(not h.connection_ok for h in col.health[n:n + 3])
             await col.wait_for(lambda: any(h.event == "unwedged" for h in col.health), timeout=10)
             before = len(col.ticks["EURUSD"])

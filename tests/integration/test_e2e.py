@@ -55,7 +55,7 @@ async def test_ticks_for_every_symbol_health_and_a_candle_at_bar_close(nats_url,
     try:
         async with running(daemon):
             symbols = set(cfg.stream.symbols)
-            await col.wait_for(lambda: symbols <= set(col.ticks) and col.health, timeout=5)
+            await col.wait_for(lambda: symbols <= set(col.ticks) and col.health, timeout=10)
             await col.wait_for(lambda: col.candles, timeout=10)
     finally:
         await col.close()
@@ -82,14 +82,14 @@ async def test_scripted_disconnect_is_survived_and_visible_in_health(nats_url, t
     col = await Collector(account).start(nats_url)
     try:
         async with running(daemon):
-            await col.wait_for(lambda: any(h.connection_ok for h in col.health), timeout=5)
+            await col.wait_for(lambda: any(h.connection_ok for h in col.health), timeout=15)
             up_at = len(col.health)
-            await col.wait_for(lambda: any(not h.connection_ok for h in col.health[up_at:]), timeout=5)
+            await col.wait_for(lambda: any(not h.connection_ok for h in col.health[up_at:]), timeout=15)
             down_at = len(col.health)
             await col.wait_for(
                 lambda: any(h.connection_ok and h.breaker == "closed" for h in col.health[down_at:]), timeout=10)
             before = len(col.ticks["EURUSD"])
-            await col.wait_for(lambda: len(col.ticks["EURUSD"]) > before + 5, timeout=5)
+            await col.wait_for(lambda: len(col.ticks["EURUSD"]) > before + 5, timeout=15)
     finally:
         await col.close()
     events = [h.event for h in col.health]

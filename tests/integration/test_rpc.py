@@ -285,7 +285,7 @@ async def test_health_probe_and_reconnect(nats_url):
         n = len(t.col.health)
         assert await t.client.reconnect() is True
         assert t.daemon.conn.status().generation == generation + 1
-        await t.col.wait_for(lambda: any(e.event == "disconnected" for e in t.col.health[n:]), timeout=5)
+        await t.col.wait_for(lambda: any(e.event == "disconnected" for e in t.col.health[n:]), timeout=15)
         # The stream goes on after the reconnect.
         before = len(t.col.ticks["EURUSD"])
         await t.col.wait_for(lambda: len(t.col.ticks["EURUSD"]) > before + 2, timeout=10)
@@ -415,7 +415,7 @@ async def test_hung_terminal_call_is_504_within_the_operation_timeout(nats_url):
     async with daemon_client(
         nats_url, "h504", wait_ticks=True,
         terminal={"operation_timeout": 0.3, "connection_timeout": 1.0,
-                  "sim": {"faults": [{"kind": "hang", "at": 1.0, "duration": 120}]}},
+                  "sim": {"faults": [{"kind": "hang", "at": 4.0, "duration": 120}]}},
         breaker={"max_failures": 100_000},
     ) as t:
         await t.col.wait_for(lambda: any(h.wedged for h in t.col.health), timeout=10)
