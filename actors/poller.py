@@ -187,10 +187,10 @@ class Poller:
             tracker = self.trackers[(symbol, tf)]
             closed = tracker.closed(rates, now_broker_s)
             if len(closed):
-                batch.candles.extend(_candles(symbol, tf, closed, off, True))
+                batch.candles.extend(candles_from_rates(symbol, tf, closed, off, True))
                 batch.bars[(symbol, tf)] = tracker.last_closed
         for (symbol, tf), rates in forming_bars.items():
-            batch.forming.extend(_candles(symbol, tf, rates, off, False))
+            batch.forming.extend(candles_from_rates(symbol, tf, rates, off, False))
         # Once per symbol, not once per cycle: a refused symbol stays refused for a while.
         refused = {symbol for symbol, _ in bad}
         for symbol, message in bad:
@@ -205,7 +205,8 @@ class Poller:
         return batch
 
 
-def _candles(symbol: str, tf: str, rates: np.ndarray, off_ms: int, closed: bool) -> list[Candle]:
+def candles_from_rates(symbol: str, tf: str, rates: np.ndarray, off_ms: int, closed: bool = True) -> list[Candle]:
+    """Terminal bars (oldest first) as wire candles, with UTC from the broker offset."""
     out = []
     for t, o, h, lo, c, tick_volume, spread, real_volume in rates.tolist():
         out.append(Candle(symbol=symbol, timeframe=tf, time_broker=t, time_utc_ms=t * 1000 - off_ms,

@@ -35,6 +35,7 @@ from anyio.abc import TaskStatus
 
 from actors.bars import TIMEFRAME_SECONDS, bar_end
 from actors.cursor import TickCursor, new_ticks
+from actors.poller import candles_from_rates
 from actors.utc import UtcOffset
 from daemon.terminal.api import TerminalApi
 from daemon.terminal.mt5_constants import COPY_TICKS_ALL, TICK_DTYPE, TIMEFRAMES
@@ -433,12 +434,7 @@ class RpcService:
         if rates is None or not len(rates):
             return []
         now_broker_s = int(self._wall() + off_ms / 1000)
-        out = []
-        for t, o, h, lo, c, tick_volume, spread, real_volume in rates.tolist():
-            end = bar_end(tf, t)
-            out.append(Candle(symbol=symbol, timeframe=tf, time_broker=t, time_utc_ms=t * 1000 - off_ms,
-                              close_time_utc_ms=end * 1000 - off_ms, open=o, high=h, low=lo, close=c,
-                              tick_volume=tick_volume, spread=spread, real_volume=real_volume, closed=True))
+        out = candles_from_rates(symbol, tf, rates, off_ms)
         last = out[-1]
         if now_broker_s < bar_end(tf, last.time_broker) + CLOSE_GRACE_S:
             out[-1] = msgspec.structs.replace(last, closed=False)  # the forming bar

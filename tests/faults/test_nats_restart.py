@@ -10,7 +10,7 @@ import pytest
 from nats.js.api import StreamConfig
 
 from daemon.app import Daemon
-from tests.integration.helpers import eventually, make_config, running, unique_account
+from tests.integration.helpers import assert_same_as_history, eventually, make_config, running, unique_account
 
 pytestmark = pytest.mark.anyio
 SYMBOLS = ["EURUSD", "EURUSD.m"]
@@ -60,13 +60,5 @@ async def test_nats_server_restart_loses_and_repeats_nothing(fresh_nats):
             t = msgspec.json.decode(msg.data)
             got.append((t["time_msc_broker"], t["index_in_ms"], t["bid"], t["ask"]))
         await sub.unsubscribe()
-        hist = daemon.module.copy_ticks_range(symbol, got[0][0] // 1000, got[-1][0] // 1000 + 1, -1)
-        expected, k, prev = [], 0, None
-        for m, b, a in zip(hist["time_msc"].tolist(), hist["bid"].tolist(), hist["ask"].tolist()):
-            k = k + 1 if m == prev else 0
-            prev = m
-            if got[0][0] <= m <= got[-1][0]:
-                expected.append((m, k, b, a))
-        start = expected.index(got[0])
-        assert got == expected[start:], f"{symbol}: {len(got)} stored vs {len(expected) - start} in history"
+        assert_same_as_history(daemon.module, symbol, got)
     await admin.close()

@@ -105,3 +105,17 @@ async def eventually(predicate, timeout: float, step: float = 0.02) -> None:
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(step)
+
+
+def assert_same_as_history(module, symbol: str, got: list[tuple[int, int, float, float]]) -> None:
+    """``got`` — (time_msc, index_in_ms, bid, ask) as received — is exactly the terminal's
+    history from its first tick to its last: nothing missing, nothing twice, in order."""
+    hist = module.copy_ticks_range(symbol, got[0][0] // 1000, got[-1][0] // 1000 + 1, -1)
+    expected, k, prev = [], 0, None
+    for m, b, a in zip(hist["time_msc"].tolist(), hist["bid"].tolist(), hist["ask"].tolist()):
+        k = k + 1 if m == prev else 0
+        prev = m
+        if got[0][0] <= m <= got[-1][0]:
+            expected.append((m, k, b, a))
+    start = expected.index(got[0])
+    assert got == expected[start:], f"{symbol}: {len(got)} received vs {len(expected) - start} in history"

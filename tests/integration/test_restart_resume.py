@@ -7,7 +7,7 @@ import time
 import pytest
 
 from daemon.app import Daemon
-from tests.integration.helpers import Collector, make_config, running, unique_account
+from tests.integration.helpers import assert_same_as_history, Collector, make_config, running, unique_account
 
 pytestmark = pytest.mark.anyio
 
@@ -37,12 +37,4 @@ async def test_restart_resumes_from_the_saved_cursor(nats_url, tmp_path):
         await col.close()
     for symbol in ("EURUSD", "#AAPL"):
         got = [(t.time_msc_broker, t.index_in_ms, t.bid, t.ask) for t in col.ticks[symbol]]
-        hist = second.module.copy_ticks_range(symbol, got[0][0] // 1000, got[-1][0] // 1000 + 1, -1)
-        expected, k, prev = [], 0, None
-        for m, b, a in zip(hist["time_msc"].tolist(), hist["bid"].tolist(), hist["ask"].tolist()):
-            k = k + 1 if m == prev else 0
-            prev = m
-            if got[0][0] <= m <= got[-1][0]:
-                expected.append((m, k, b, a))
-        start = expected.index(got[0])
-        assert got == expected[start:], f"{symbol}: {len(got)} received vs {len(expected) - start} in history"
+        assert_same_as_history(second.module, symbol, got)
