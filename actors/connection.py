@@ -19,12 +19,12 @@ import msgspec
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from actors.breaker import BreakerPolicy
-from actors.gate import Gate
-from daemon.telemetry import Telemetry
-from daemon.terminal.api import TerminalApi
-from daemon.terminal.thread import TerminalThread
-from schemas.errors import (
+from mt5d.actors.logic.breaker import BreakerPolicy
+from mt5d.actors.logic.gate import Gate
+from mt5d.daemon.telemetry import Telemetry
+from mt5d.daemon.terminal.api import TerminalApi
+from mt5d.daemon.terminal.thread import TerminalThread
+from mt5d.errors import (
     MT5AuthError,
     MT5ConnectionError,
     MT5DataError,

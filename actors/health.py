@@ -15,9 +15,9 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from actors.connection import Connection, StateChange, probe
-from schemas.errors import MT5Error
-from schemas.market import HealthEvent
+from mt5d.actors.connection import Connection, StateChange, probe
+from mt5d.errors import MT5Error
+from mt5d.market import HealthEvent
 
 __all__ = ["Health"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from schemas.market import Candle, HealthEvent, Tick
+from mt5d.market import Candle, HealthEvent, Tick
 
 __all__ = ["Batch", "HealthOut"]
 

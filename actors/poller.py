@@ -19,17 +19,17 @@ import numpy as np
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from actors.bars import CandleTracker, bar_end, bar_start
-from actors.connection import Connection
-from actors.cursor import TickCursor, new_ticks
-from actors.messages import Batch
-from actors.prices import PriceCache
-from actors.utc import UtcOffset
-from daemon.telemetry import Telemetry
-from daemon.terminal.api import TerminalApi
-from daemon.terminal.mt5_constants import COPY_TICKS_ALL, RATE_DTYPE, TIMEFRAMES
-from schemas.errors import MT5Error, MT5ValidationError
-from schemas.market import Candle, Tick
+from mt5d.actors.logic.bars import CandleTracker, bar_end, bar_start
+from mt5d.actors.connection import Connection
+from mt5d.actors.logic.cursor import TickCursor, new_ticks
+from mt5d.actors.messages import Batch
+from mt5d.actors.prices import PriceCache
+from mt5d.actors.logic.utc import UtcOffset
+from mt5d.daemon.telemetry import Telemetry
+from mt5d.daemon.terminal.api import TerminalApi
+from mt5d.daemon.terminal.mt5_constants import COPY_TICKS_ALL, RATE_DTYPE, TIMEFRAMES
+from mt5d.errors import MT5Error, MT5ValidationError
+from mt5d.market import Candle, Tick
 
 __all__ = ["Poller"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from schemas.market import Tick
+from mt5d.market import Tick
 
 __all__ = ["PriceCache"]
 

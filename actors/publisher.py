@@ -20,11 +20,11 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 from nats.errors import ConnectionClosedError, FlushTimeoutError, OutboundBufferLimitError
 
-from actors.messages import Batch
-from daemon.telemetry import Telemetry
-from schemas.codec import Codec
-from schemas.market import HealthEvent
-from schemas.subjects import Subjects
+from mt5d.actors.messages import Batch
+from mt5d.daemon.telemetry import Telemetry
+from mt5d.codec import Codec
+from mt5d.market import HealthEvent
+from mt5d.subjects import Subjects
 
 __all__ = ["Publisher"]
 

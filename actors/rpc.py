@@ -2,7 +2,7 @@
 
 ``nats.micro`` service "mt5d", endpoints under ``<prefix>.<account>.rpc.``
 (``$SRV.PING/INFO/STATS`` come with it). The contract (requests, replies,
-error replies, paging) is ``schemas.rpc``; this module only answers.
+error replies, paging) is ``mt5d.rpc``; this module only answers.
 
 nats.micro calls one handler at a time per endpoint, so a handler never
 waits on the terminal: it parses and checks the request (cheap, answered at
@@ -33,14 +33,14 @@ import nats.micro
 import numpy as np
 from anyio.abc import TaskStatus
 
-from actors.bars import TIMEFRAME_SECONDS, bar_end
-from actors.cursor import TickCursor, new_ticks
-from actors.poller import candles_from_rates
-from actors.utc import UtcOffset
-from daemon.terminal.api import TerminalApi
-from daemon.terminal.mt5_constants import COPY_TICKS_ALL, TICK_DTYPE, TIMEFRAMES
-from schemas.codec import Codec
-from schemas.errors import (
+from mt5d.actors.logic.bars import TIMEFRAME_SECONDS, bar_end
+from mt5d.actors.logic.cursor import TickCursor, new_ticks
+from mt5d.actors.poller import candles_from_rates
+from mt5d.actors.logic.utc import UtcOffset
+from mt5d.daemon.terminal.api import TerminalApi
+from mt5d.daemon.terminal.mt5_constants import COPY_TICKS_ALL, TICK_DTYPE, TIMEFRAMES
+from mt5d.codec import Codec
+from mt5d.errors import (
     MT5CircuitBreakerOpen,
     MT5ConnectionError,
     MT5Error,
@@ -48,8 +48,8 @@ from schemas.errors import (
     MT5TimeoutError,
     MT5ValidationError,
 )
-from schemas.market import Candle, Tick
-from schemas.rpc import (
+from mt5d.market import Candle, Tick
+from mt5d.rpc import (
     ENDPOINTS,
     MAX_CANDLES,
     REPLY_HEADROOM,
@@ -70,7 +70,7 @@ from schemas.rpc import (
     parse_request,
     symbol_spec,
 )
-from schemas.subjects import rpc_group
+from mt5d.subjects import rpc_group
 
 __all__ = ["RpcService", "fetch_ticks", "SERVICE_NAME"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from actors.cursor import TickCursor
+from mt5d.actors.logic.cursor import TickCursor
 
 __all__ = ["CaptureState", "StateFile"]
 

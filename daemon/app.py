@@ -11,23 +11,23 @@ from typing import Any, Callable
 
 import anyio
 
-from actors.breaker import BreakerPolicy
-from actors.connection import AuthGaveUp, Connection, Credentials, StateChange
-from actors.health import Health
-from actors.messages import Batch
-from actors.poller import Poller
-from actors.prices import PriceCache
-from actors.publisher import Publisher
-from actors.state import StateFile
-from actors.utc import UtcOffset
-from daemon.config import Config, parse_offset
-from daemon.nats_link import connect_nats
-from daemon.supervisor import Supervisor
-from daemon.telemetry import Telemetry
-from daemon.terminal.backends import open_backend
-from schemas.codec import Codec
-from schemas.market import HealthEvent
-from schemas.subjects import Subjects
+from mt5d.actors.logic.breaker import BreakerPolicy
+from mt5d.actors.connection import AuthGaveUp, Connection, Credentials, StateChange
+from mt5d.actors.health import Health
+from mt5d.actors.messages import Batch
+from mt5d.actors.poller import Poller
+from mt5d.actors.prices import PriceCache
+from mt5d.actors.publisher import Publisher
+from mt5d.actors.state import StateFile
+from mt5d.actors.logic.utc import UtcOffset
+from mt5d.daemon.config import Config, parse_offset
+from mt5d.daemon.nats_link import connect_nats
+from mt5d.daemon.supervisor import Supervisor
+from mt5d.daemon.telemetry import Telemetry
+from mt5d.daemon.terminal.backends import open_backend
+from mt5d.codec import Codec
+from mt5d.market import HealthEvent
+from mt5d.subjects import Subjects
 
 __all__ = ["Daemon"]
 
@@ -125,7 +125,7 @@ class Daemon:
                 await tg.start(sup.child, "poller", self.poller.run)
                 await tg.start(sup.child, "health", self.health.run)
                 if cfg.rpc.enabled:
-                    from actors.rpc import RpcService
+                    from mt5d.actors.rpc import RpcService
 
                     self.rpc = RpcService(nc=self.nc, cfg=cfg, account=self.account, conn=self.conn,
                                           prices=self.prices, health=self.health, codec=self.codec,

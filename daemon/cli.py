@@ -27,7 +27,7 @@ def _default_config() -> str:
 
 
 def _load(path: str):
-    from daemon.config import ConfigError, load_config
+    from mt5d.daemon.config import ConfigError, load_config
 
     try:
         return load_config(path)
@@ -50,8 +50,8 @@ def cmd_run(args) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return EX_CONFIG
-    from daemon.logs import register_secret, setup_logging
-    from daemon.secrets import SecretError, load_secrets, nats_creds_path
+    from mt5d.daemon.logs import register_secret, setup_logging
+    from mt5d.daemon.secrets import SecretError, load_secrets, nats_creds_path
 
     setup_logging(cfg.logging.level, dict(cfg.logging.levels))
     try:
@@ -67,7 +67,7 @@ def cmd_run(args) -> int:
         secrets["NATS_CREDS_PATH"] = creds[0]
     server = None
     if cfg.nats.embedded:
-        from daemon.natsserver import NatsServer
+        from mt5d.daemon.natsserver import NatsServer
 
         try:
             server = NatsServer.from_url(cfg.nats.url).start()
@@ -84,10 +84,10 @@ def cmd_run(args) -> int:
 
 
 async def _run(cfg, secrets) -> int:
-    from actors.connection import AuthGaveUp
-    from daemon.app import Daemon
-    from daemon.notify import Notifier
-    from daemon.supervisor import SupervisorGaveUp
+    from mt5d.actors.connection import AuthGaveUp
+    from mt5d.daemon.app import Daemon
+    from mt5d.daemon.notify import Notifier
+    from mt5d.daemon.supervisor import SupervisorGaveUp
 
     notifier = Notifier.from_env()
     try:
@@ -130,7 +130,7 @@ async def _run(cfg, secrets) -> int:
 
 
 def cmd_tail(args) -> int:
-    from daemon.tail import tail
+    from mt5d.daemon.tail import tail
 
     try:
         return anyio.run(tail, args.url, args.subject, args.count, args.raw)
@@ -139,7 +139,7 @@ def cmd_tail(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from daemon.bench import main as bench_main
+    from mt5d.daemon.tools.bench import main as bench_main
 
     return bench_main(args)
 

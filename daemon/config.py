@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from daemon.telemetry import TelemetryConfig, telemetry_problems
-from daemon.terminal.mt5_constants import TIMEFRAMES as _TIMEFRAMES
+from mt5d.daemon.telemetry import TelemetryConfig, telemetry_problems
+from mt5d.daemon.terminal.mt5_constants import TIMEFRAMES as _TIMEFRAMES
 
 TIMEFRAME_NAMES = tuple(_TIMEFRAMES)
 

@@ -11,7 +11,7 @@
   (tracebacks are multi-line, carry locals' reprs in some setups, and the
   message plus the event name is what an operator acts on).
 - Values msgspec cannot encode are written as ``str(value)``; a
-  :class:`daemon.secrets.Secret` thus shows as ``********``.
+  :class:`mt5d.daemon.secrets.Secret` thus shows as ``********``.
 - The :class:`Redactor` makes a last pass over each serialized line and
   replaces every registered secret value (raw, JSON-escaped and repr-escaped
   forms) with ``********``: a password that slipped into an exception

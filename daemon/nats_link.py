@@ -9,7 +9,7 @@ from typing import Awaitable, Callable
 import anyio
 import nats
 
-from daemon.config import NatsConfig
+from mt5d.daemon.config import NatsConfig
 
 __all__ = ["connect_nats"]
 

@@ -7,7 +7,7 @@ import sys
 import anyio
 import nats
 
-from schemas.codec import decode_any_json_line
+from mt5d.codec import decode_any_json_line
 
 
 async def tail(url: str, subject: str, count: int = 0, raw: bool = False) -> int:

@@ -526,7 +526,7 @@ class Telemetry:
         self._cycle.record(seconds)
 
     def batch_published(self, batch: Any, seconds: float, messages: int, *, now_ms: float | None = None) -> None:
-        """Everything about one confirmed batch (an ``actors.messages.Batch``) in one call."""
+        """Everything about one confirmed batch (an ``mt5d.actors.messages.Batch``) in one call."""
         ticks = batch.ticks
         if ticks:
             for symbol, n in _Tally(map(_symbol_of, ticks)).items():

@@ -1,12 +1,12 @@
 """mt5d's wire contract: what a subscriber needs, and nothing else (nats-py + msgspec).
 
-    from schemas import MT5Client, Tick, subjects
+    from mt5d import MT5Client, Tick, subjects
 """
 
-from schemas import codec, errors, rpc, subjects
-from schemas.client import MT5Client, Stream
-from schemas.codec import Codec, decode_any
-from schemas.errors import (
+from mt5d import codec, errors, rpc, subjects
+from mt5d.client import MT5Client, Stream
+from mt5d.codec import Codec, decode_any
+from mt5d.errors import (
     MT5AuthError,
     MT5CircuitBreakerOpen,
     MT5ConnectionError,
@@ -18,8 +18,8 @@ from schemas.errors import (
     MT5ValidationError,
     error_for_status,
 )
-from schemas.market import TIMEFRAMES, Candle, HealthEvent, Tick
-from schemas.subjects import Subjects
+from mt5d.market import TIMEFRAMES, Candle, HealthEvent, Tick
+from mt5d.subjects import Subjects
 
 __all__ = [
     "Tick",

@@ -2,7 +2,7 @@
 
 Method names and return shapes are those of the old in-process session
 manager (plain dicts with MT5's field names), so code written against it moves
-over by swapping the object. Errors come back as the same ``schemas.errors``
+over by swapping the object. Errors come back as the same ``mt5d.errors``
 classes the daemon raised; no answer at all (timeout, no responders) is
 ``MT5TimeoutError``.
 
@@ -22,10 +22,10 @@ from typing import Any, Generic, Iterable, TypeVar
 import msgspec
 import nats.errors
 
-from schemas.codec import Codec, Encoding, decode_any
-from schemas.errors import MT5ConnectionError, MT5DataError, MT5TimeoutError, MT5ValidationError
-from schemas.market import Candle, HealthEvent, Tick
-from schemas.rpc import (
+from mt5d.codec import Codec, Encoding, decode_any
+from mt5d.errors import MT5ConnectionError, MT5DataError, MT5TimeoutError, MT5ValidationError
+from mt5d.market import Candle, HealthEvent, Tick
+from mt5d.rpc import (
     ACCOUNT_INFO_FIELDS,
     DEFAULT_CANDLES,
     MAX_TICKS,
@@ -43,7 +43,7 @@ from schemas.rpc import (
     error_from_reply,
     validate_request,
 )
-from schemas.subjects import DEFAULT_PREFIX, Subjects
+from mt5d.subjects import DEFAULT_PREFIX, Subjects
 
 __all__ = ["MT5Client", "Stream", "tick_dict", "candle_dict"]
 

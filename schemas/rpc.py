@@ -18,9 +18,9 @@ from typing import Annotated, Any, Callable, Mapping, TypeVar
 
 import msgspec
 
-from schemas.codec import Codec, decode_any
-from schemas.errors import MT5DataError, MT5Error, MT5ValidationError, error_for_status
-from schemas.market import TIMEFRAMES, Candle, HealthEvent, Tick
+from mt5d.codec import Codec, decode_any
+from mt5d.errors import MT5DataError, MT5Error, MT5ValidationError, error_for_status
+from mt5d.market import TIMEFRAMES, Candle, HealthEvent, Tick
 
 __all__ = [
     "MAX_CANDLES", "DEFAULT_CANDLES", "MAX_TICKS", "MAX_PRICE_SYMBOLS", "MAX_REQUEST_BYTES", "REPLY_HEADROOM",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from schemas.market import TIMEFRAMES
+from mt5d.market import TIMEFRAMES
 
 __all__ = [
     "DEFAULT_PREFIX",

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from daemon.natsserver import NatsServer
+from mt5d.daemon.natsserver import NatsServer
 
 
 def _docker_answers() -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas.errors import (
+from mt5d.errors import (
     MT5AuthError,
     MT5ConnectionError,
     MT5DataError,

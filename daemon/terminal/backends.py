@@ -14,8 +14,8 @@ import pickle
 import time
 from typing import Any, Callable
 
-from daemon.config import Config
-from schemas.errors import MT5InitError
+from mt5d.daemon.config import Config
+from mt5d.errors import MT5InitError
 
 __all__ = ["open_backend", "RpycTerminal"]
 
@@ -25,7 +25,7 @@ log = logging.getLogger("mt5d.terminal")
 def open_backend(cfg: Config, *, clock: Callable[[], float] = time.time, password: str | None = None) -> Any:
     term = cfg.terminal
     if term.backend == "sim":
-        from daemon.terminal.sim import Fault, SimTerminal, default_symbols, synthetic_symbols
+        from mt5d.daemon.terminal.sim import Fault, SimTerminal, default_symbols, synthetic_symbols
 
         sim = term.sim
         symbols = list(default_symbols()) + list(synthetic_symbols(sim.synthetic_symbols))

@@ -1,6 +1,6 @@
 """A drop-in ``MetaTrader5`` module backed by the simulated terminal.
 
-    import daemon.terminal.mt5sim as mt5
+    import mt5d.daemon.terminal.mt5sim as mt5
     mt5.initialize()
     ticks = mt5.copy_ticks_from("EURUSD", time.time() + 7200 - 60, 1000, mt5.COPY_TICKS_ALL)
 
@@ -25,9 +25,9 @@ import os
 import threading
 from typing import Any
 
-from daemon.terminal.mt5_constants import *  # noqa: F403 - the package's constants
-from daemon.terminal.mt5_constants import __author__, __version__  # noqa: F401
-from daemon.terminal.sim import SimTerminal, default_symbols, synthetic_symbols
+from mt5d.daemon.terminal.mt5_constants import *  # noqa: F403 - the package's constants
+from mt5d.daemon.terminal.mt5_constants import __author__, __version__  # noqa: F401
+from mt5d.daemon.terminal.sim import SimTerminal, default_symbols, synthetic_symbols
 
 _FUNCTIONS = (
     "initialize", "login", "shutdown", "version", "last_error", "account_info", "terminal_info",

@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 import anyio
 import anyio.lowlevel
 
-from schemas.errors import MT5TimeoutError
+from mt5d.errors import MT5TimeoutError
 
 __all__ = ["TerminalThread"]
 

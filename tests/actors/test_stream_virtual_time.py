@@ -13,16 +13,16 @@ import anyio
 import pytest
 import trio.testing
 
-import actors.poller as poller_mod
-from actors.breaker import BreakerPolicy
-from actors.connection import Connection, Credentials, StateChange
-from actors.messages import Batch
-from actors.poller import Poller
-from actors.prices import PriceCache
-from actors.utc import UtcOffset
-from daemon.terminal.mt5_constants import TIMEFRAMES
-from daemon.terminal.sim import Fault, SimTerminal, default_symbols
-from daemon.terminal.thread import TerminalThread
+import mt5d.actors.poller as poller_mod
+from mt5d.actors.logic.breaker import BreakerPolicy
+from mt5d.actors.connection import Connection, Credentials, StateChange
+from mt5d.actors.messages import Batch
+from mt5d.actors.poller import Poller
+from mt5d.actors.prices import PriceCache
+from mt5d.actors.logic.utc import UtcOffset
+from mt5d.daemon.terminal.mt5_constants import TIMEFRAMES
+from mt5d.daemon.terminal.sim import Fault, SimTerminal, default_symbols
+from mt5d.daemon.terminal.thread import TerminalThread
 
 pytestmark = pytest.mark.anyio
 
@@ -162,7 +162,7 @@ async def test_daylight_saving_switch_of_the_broker_clock():
 
 
 async def test_a_request_that_breaks_our_own_code_is_one_failure_not_a_dead_actor():
-    from schemas.errors import MT5DataError
+    from mt5d.errors import MT5DataError
 
     rig = Rig(BASE)
     async with anyio.create_task_group() as tg:

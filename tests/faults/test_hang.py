@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from daemon.app import Daemon
+from mt5d.daemon.app import Daemon
 from tests.integration.helpers import Collector, make_config, running, unique_account
 
 pytestmark = pytest.mark.anyio

@@ -15,7 +15,7 @@ import msgspec
 import nats
 import pytest
 
-from daemon.natsserver import NatsServer
+from mt5d.daemon.natsserver import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 MT5_PASSWORD = "Tr0ub4dor&3-mt5-secret"
@@ -83,7 +83,7 @@ class NotifySocket:
 def start_daemon(config: Path, env_extra: dict) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MT5_", "NATS_"))}
     env.update(env_extra)
-    return subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(config)],
+    return subprocess.Popen([sys.executable, "-m", "mt5d.daemon.cli", "run", "--config", str(config)],
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 

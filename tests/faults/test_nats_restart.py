@@ -9,7 +9,7 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from daemon.app import Daemon
+from mt5d.daemon.app import Daemon
 from tests.integration.helpers import assert_same_as_history, eventually, make_config, running, unique_account
 
 pytestmark = pytest.mark.anyio

@@ -9,11 +9,11 @@ from collections import defaultdict
 import anyio
 import nats
 
-from daemon.app import Daemon
-from daemon.config import parse_config
-from daemon.terminal.rpyc_bridge import RpycBridge  # noqa: F401  (re-exported for the tests)
-from schemas.codec import Codec
-from schemas.market import Candle, HealthEvent, Tick
+from mt5d.daemon.app import Daemon
+from mt5d.daemon.config import parse_config
+from mt5d.daemon.tools.rpyc_bridge import RpycBridge  # noqa: F401  (re-exported for the tests)
+from mt5d.codec import Codec
+from mt5d.market import Candle, HealthEvent, Tick
 
 _ids = itertools.count(1)
 

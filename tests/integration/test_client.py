@@ -6,9 +6,6 @@ no-responder and timeout handling, and the stream iterators."""
 from __future__ import annotations
 
 import asyncio
-import re
-import subprocess
-import threading
 from types import SimpleNamespace
 
 import msgspec
@@ -16,17 +13,17 @@ import nats
 import nats.micro
 import pytest
 
-from schemas import MT5Client, subjects
-from schemas.codec import Codec
-from schemas.errors import (
+from mt5d import MT5Client, subjects
+from mt5d.codec import Codec
+from mt5d.errors import (
     MT5CircuitBreakerOpen,
     MT5DataError,
     MT5Error,
     MT5TimeoutError,
     MT5ValidationError,
 )
-from schemas.market import Candle, HealthEvent, Tick
-from schemas.rpc import (
+from mt5d.market import Candle, HealthEvent, Tick
+from mt5d.rpc import (
     ACCOUNT_INFO_FIELDS,
     CandlesRequest,
     PriceReply,
@@ -47,41 +44,11 @@ pytestmark = pytest.mark.anyio
 
 ACCOUNT = "10001234"
 PAGE_BYTES = 6 * 1024  # small pages, so the client has to follow them
-_LISTEN = re.compile(r"Listening for client connections on \S*:(\d+)")
 
 
 @pytest.fixture
 def anyio_backend():
     return "asyncio"  # nats-py is asyncio-only
-
-
-@pytest.fixture(scope="module")
-def server_url():
-    """A nats-server on a free port; ready when it says so on its output."""
-    proc = subprocess.Popen(["/work/main/.venv/bin/nats-server", "-a", "127.0.0.1", "-p", "-1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    found: dict[str, str] = {}
-    ready = threading.Event()
-
-    def read() -> None:
-        for line in proc.stderr:  # keep draining, so the server never blocks on a full pipe
-            m = _LISTEN.search(line)
-            if m:
-                found["url"] = f"nats://127.0.0.1:{m.group(1)}"
-            if "Server is ready" in line:
-                ready.set()
-        ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert ready.wait(10) and "url" in found, "nats-server did not start"
-        yield found["url"]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        reader.join(5)
-        proc.stderr.close()
 
 
 # -- the fake daemon -------------------------------------------------------------
@@ -156,10 +123,10 @@ def make_handlers(codec: Codec):
 
 
 @pytest.fixture(params=["json", "msgpack"])
-async def fake(request, server_url):
+async def fake(request, nats_url):
     """A connection with a fake mt5d for ACCOUNT in this encoding, a service whose handlers
     crash for account "broken", and a subscriber that never answers for account "silent"."""
-    conn = await nats.connect(server_url)
+    conn = await nats.connect(nats_url)
     codec = Codec(request.param)
     handlers, answer = make_handlers(codec)
     svc = await nats.micro.add_service(conn, name="mt5d", version="0.1.0")

@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from daemon.app import Daemon
+from mt5d.daemon.app import Daemon
 from tests.integration.helpers import Collector, RpycBridge, make_config, running, unique_account
 
 pytestmark = pytest.mark.anyio
@@ -121,7 +121,7 @@ def test_run_stops_cleanly_on_signal_with_embedded_server(tmp_path, signum):
     port = _free_port()
     config = (ROOT / "config.toml").read_text().replace("nats://127.0.0.1:4222", f"nats://127.0.0.1:{port}")
     (tmp_path / "config.toml").write_text(config)
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(tmp_path / "config.toml")],
+    proc = subprocess.Popen([sys.executable, "-m", "mt5d.daemon.cli", "run", "--config", str(tmp_path / "config.toml")],
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
     lines = []
     server_pid = None

@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from daemon.app import Daemon
-from daemon.telemetry import Telemetry
+from mt5d.daemon.app import Daemon
+from mt5d.daemon.telemetry import Telemetry
 from tests.integration.helpers import Collector, eventually, make_config, unique_account
 
 pytestmark = pytest.mark.anyio

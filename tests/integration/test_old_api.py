@@ -17,9 +17,9 @@ import math
 import nats
 import pytest
 
-from daemon.app import Daemon
-from schemas import MT5Client
-from schemas.errors import MT5ValidationError
+from mt5d.daemon.app import Daemon
+from mt5d import MT5Client
+from mt5d.errors import MT5ValidationError
 from tests.integration.helpers import Collector, make_config, running, unique_account
 
 pytestmark = pytest.mark.anyio

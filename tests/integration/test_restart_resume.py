@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from daemon.app import Daemon
+from mt5d.daemon.app import Daemon
 from tests.integration.helpers import assert_same_as_history, Collector, make_config, running, unique_account
 
 pytestmark = pytest.mark.anyio

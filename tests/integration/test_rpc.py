@@ -22,23 +22,23 @@ import msgspec
 import nats
 import pytest
 
-from actors.prices import PriceCache
-from actors.rpc import RpcService
-from actors.utc import UtcOffset
-from daemon.app import Daemon
-from daemon.terminal.backends import open_backend
-from daemon.terminal.mt5_constants import TIMEFRAMES
-from schemas import MT5Client
-from schemas.codec import Codec
-from schemas.errors import (
+from mt5d.actors.prices import PriceCache
+from mt5d.actors.rpc import RpcService
+from mt5d.actors.logic.utc import UtcOffset
+from mt5d.daemon.app import Daemon
+from mt5d.daemon.terminal.backends import open_backend
+from mt5d.daemon.terminal.mt5_constants import TIMEFRAMES
+from mt5d import MT5Client
+from mt5d.codec import Codec
+from mt5d.errors import (
     MT5CircuitBreakerOpen,
     MT5ConnectionError,
     MT5Error,
     MT5TimeoutError,
     MT5ValidationError,
 )
-from schemas.market import HealthEvent, Tick
-from schemas.rpc import (
+from mt5d.market import HealthEvent, Tick
+from mt5d.rpc import (
     ACCOUNT_INFO_FIELDS,
     ENDPOINTS,
     ERROR_CODE_HEADER,

@@ -29,12 +29,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.app import Daemon
-from schemas import MT5Client
-from schemas.codec import decode_any
-from schemas.errors import MT5ValidationError
-from schemas.market import TIMEFRAMES
-from schemas.rpc import (
+from mt5d.daemon.app import Daemon
+from mt5d import MT5Client
+from mt5d.codec import decode_any
+from mt5d.errors import MT5ValidationError
+from mt5d.market import TIMEFRAMES
+from mt5d.rpc import (
     ENDPOINTS,
     ERROR_CODE_HEADER,
     ERROR_HEADER,

@@ -11,10 +11,10 @@ import anyio
 import nats
 import pytest
 
-from daemon.app import Daemon
-from daemon.natsserver import NatsServer
-from daemon.secrets import Secret
-from schemas import MT5Client, MT5TimeoutError
+from mt5d.daemon.app import Daemon
+from mt5d.daemon.natsserver import NatsServer
+from mt5d.daemon.secrets import Secret
+from mt5d import MT5Client, MT5TimeoutError
 from tests.integration.helpers import make_config, running
 
 pytestmark = pytest.mark.anyio

@@ -4,8 +4,8 @@ import calendar
 
 import numpy as np
 
-from actors.bars import CandleTracker, bar_end, bar_start
-from daemon.terminal.mt5_constants import RATE_DTYPE
+from mt5d.actors.logic.bars import CandleTracker, bar_end, bar_start
+from mt5d.daemon.terminal.mt5_constants import RATE_DTYPE
 
 
 def rates(times):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.breaker import (
+from mt5d.actors.logic.breaker import (
     CLOSED,
     AuthFailure,
     BreakerPolicy,

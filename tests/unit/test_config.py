@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import ConfigError, load_config, parse_config
+from mt5d.daemon.config import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,7 +55,7 @@ def test_environment_overrides():
 def test_check_config_exits_78_with_one_line_per_problem(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[terminal]\nbackend = "wine"\nlogin = -1\n[stream]\npoll_interval = 0\n')
-    res = subprocess.run([sys.executable, "-m", "daemon.cli", "check-config", "--config", str(bad)],
+    res = subprocess.run([sys.executable, "-m", "mt5d.daemon.cli", "check-config", "--config", str(bad)],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 78
     lines = res.stderr.strip().splitlines()
@@ -64,6 +64,6 @@ def test_check_config_exits_78_with_one_line_per_problem(tmp_path):
     assert "terminal.backend: 'wine'" in lines[0]
     assert "terminal.login: -1 is not valid (Expected `int` >= 0)" in lines[1]
     assert "stream.poll_interval: 0 is not valid (Expected `float` > 0.0)" in lines[2]
-    ok = subprocess.run([sys.executable, "-m", "daemon.cli", "check-config", "--config", str(ROOT / "config.toml")],
+    ok = subprocess.run([sys.executable, "-m", "mt5d.daemon.cli", "check-config", "--config", str(ROOT / "config.toml")],
                         capture_output=True, text=True, cwd=ROOT)
     assert ok.returncode == 0, ok.stderr

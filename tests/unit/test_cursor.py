@@ -4,8 +4,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.cursor import TickCursor, new_ticks
-from daemon.terminal.mt5_constants import TICK_DTYPE
+from mt5d.actors.logic.cursor import TickCursor, new_ticks
+from mt5d.daemon.terminal.mt5_constants import TICK_DTYPE
 
 
 def ticks(mscs):

@@ -1,4 +1,4 @@
-"""daemon.logs: one JSON object per line; secrets never written."""
+"""mt5d.daemon.logs: one JSON object per line; secrets never written."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import msgspec
 import numpy as np
 import pytest
 
-from daemon.logs import AREAS, JsonFormatter, Redactor, get_logger, log_event, register_secret, setup_logging
-from daemon.secrets import Secret
-from schemas.errors import MT5AuthError
+from mt5d.daemon.logs import AREAS, JsonFormatter, Redactor, get_logger, log_event, register_secret, setup_logging
+from mt5d.daemon.secrets import Secret
+from mt5d.errors import MT5AuthError
 
 PASSWORD = 'p@ss"wörd\\42'  # quote, backslash and non-ASCII: JSON and repr escape them differently
 

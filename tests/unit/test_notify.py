@@ -1,4 +1,4 @@
-"""daemon.notify against real unix datagram sockets (a path and an abstract name)."""
+"""mt5d.daemon.notify against real unix datagram sockets (a path and an abstract name)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from daemon.notify import Notifier
+from mt5d.daemon.notify import Notifier
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.codec import Codec, decode_any, decode_any_json_line, sniff
-from schemas.market import Candle, HealthEvent, Tick
-from schemas.rpc import CandlesReply, ErrorReply, PriceReply, Quote
+from mt5d.codec import Codec, decode_any, decode_any_json_line, sniff
+from mt5d.market import Candle, HealthEvent, Tick
+from mt5d.rpc import CandlesReply, ErrorReply, PriceReply, Quote
 
 TICK = Tick(symbol="EURUSD.m", time_msc_broker=1_700_007_200_123, time_utc_ms=1_700_000_000_123,
             bid=1.08123, ask=1.08125, last=0.0, volume=0, volume_real=0.0, flags=6)

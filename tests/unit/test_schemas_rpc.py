@@ -8,8 +8,8 @@ from collections import namedtuple
 import msgspec
 import pytest
 
-from schemas.codec import Codec
-from schemas.errors import (
+from mt5d.codec import Codec
+from mt5d.errors import (
     MT5CircuitBreakerOpen,
     MT5ConnectionError,
     MT5DataError,
@@ -17,8 +17,8 @@ from schemas.errors import (
     MT5TimeoutError,
     MT5ValidationError,
 )
-from schemas.market import Candle, Tick
-from schemas.rpc import (
+from mt5d.market import Candle, Tick
+from mt5d.rpc import (
     ACCOUNT_INFO_FIELDS,
     ENDPOINTS,
     ERROR_CODE_HEADER,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import subjects as S
-from schemas.market import TIMEFRAMES
+from mt5d import subjects as S
+from mt5d.market import TIMEFRAMES
 
 
 @pytest.mark.parametrize(

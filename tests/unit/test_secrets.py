@@ -1,4 +1,4 @@
-"""daemon.secrets: the Secret type never shows its value; the lookup order."""
+"""mt5d.daemon.secrets: the Secret type never shows its value; the lookup order."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pickle
 import msgspec
 import pytest
 
-from daemon.secrets import (
+from mt5d.daemon.secrets import (
     SECRET_NAMES,
     Secret,
     SecretError,

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from daemon.terminal import mt5_constants as C
-from daemon.terminal.sim import BrokerClock, Fault, SimTerminal
+from mt5d.daemon.terminal import mt5_constants as C
+from mt5d.daemon.terminal.sim import BrokerClock, Fault, SimTerminal
 
 T0 = calendar.timegm((2026, 3, 10, 12, 0, 20))  # a Tuesday in winter: broker = UTC+2
 SPRING = calendar.timegm((2026, 3, 29, 1, 0, 0))

@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from daemon.terminal import mt5_constants as C
-from daemon.terminal.sim import Fault, SimSymbol, SimTerminal, default_symbols, synthetic_symbols
+from mt5d.daemon.terminal import mt5_constants as C
+from mt5d.daemon.terminal.sim import Fault, SimSymbol, SimTerminal, default_symbols, synthetic_symbols
 
 T0 = calendar.timegm((2026, 3, 10, 12, 0, 20))
 H = 3600
@@ -342,7 +342,7 @@ def test_custom_symbols():
 
 # -- the mt5sim module ------------------------------------------------------------------
 def test_mt5sim_module_is_a_drop_in(monkeypatch):
-    import daemon.terminal.mt5sim as mt5
+    import mt5d.daemon.terminal.mt5sim as mt5
 
     monkeypatch.setenv("MT5SIM_SEED", "7")
     monkeypatch.setenv("MT5SIM_TPS", "10")

@@ -16,11 +16,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import daemon.telemetry as telemetry_mod
-from actors.messages import Batch
-from daemon.telemetry import METRIC_NAMES, Telemetry, TelemetryConfig, telemetry_problems
-from schemas.errors import MT5CircuitBreakerOpen, MT5TimeoutError, MT5ValidationError
-from schemas.market import Candle, Tick
+import mt5d.daemon.telemetry as telemetry_mod
+from mt5d.actors.messages import Batch
+from mt5d.daemon.telemetry import METRIC_NAMES, Telemetry, TelemetryConfig, telemetry_problems
+from mt5d.errors import MT5CircuitBreakerOpen, MT5TimeoutError, MT5ValidationError
+from mt5d.market import Candle, Tick
 
 ACCOUNT = "87654321"
 MSG_KEYS = {"messaging.system", "messaging.destination.template", "messaging.operation.type"}

@@ -1,6 +1,6 @@
 """Broker clock -> true UTC."""
 
-from actors.utc import UtcOffset
+from mt5d.actors.logic.utc import UtcOffset
 
 H = 3_600_000
 

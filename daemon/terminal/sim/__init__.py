@@ -2,7 +2,7 @@
 
 ``SimTerminal`` has the function set of the ``MetaTrader5`` package (same
 names, signatures, result types and ``last_error()`` pairs); the module
-``daemon.terminal.mt5sim`` exposes one at module level like the package.
+``mt5d.daemon.terminal.mt5sim`` exposes one at module level like the package.
 
 Market
 ------
@@ -82,11 +82,11 @@ restart      The terminal restarts: calls fail (-10004, 'No IPC connection'), in
 ===========  ==================================================================================
 """
 
-from daemon.terminal.sim.clock import BrokerClock
-from daemon.terminal.sim.faults import FAULT_KINDS, Fault
-from daemon.terminal.sim.market import HISTORY_START, MAX_TICKS_PER_REQUEST
-from daemon.terminal.sim.symbols import SimSymbol, default_symbols, synthetic_symbols
-from daemon.terminal.sim.terminal import BUILD, MAXBARS, SimTerminal
+from mt5d.daemon.terminal.sim.clock import BrokerClock
+from mt5d.daemon.terminal.sim.faults import FAULT_KINDS, Fault
+from mt5d.daemon.terminal.sim.market import HISTORY_START, MAX_TICKS_PER_REQUEST
+from mt5d.daemon.terminal.sim.symbols import SimSymbol, default_symbols, synthetic_symbols
+from mt5d.daemon.terminal.sim.terminal import BUILD, MAXBARS, SimTerminal
 
 __all__ = [
     "SimTerminal",

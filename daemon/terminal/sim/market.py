@@ -34,10 +34,10 @@ from typing import Sequence
 
 import numpy as np
 
-from daemon.terminal import mt5_constants as C
-from daemon.terminal.sim._hash import GOLDEN, derive, fnv1a, mix, stream, unit53, unit_scalar
-from daemon.terminal.sim.clock import BrokerClock
-from daemon.terminal.sim.symbols import SimSymbol
+from mt5d.daemon.terminal import mt5_constants as C
+from mt5d.daemon.terminal.sim._hash import GOLDEN, derive, fnv1a, mix, stream, unit53, unit_scalar
+from mt5d.daemon.terminal.sim.clock import BrokerClock
+from mt5d.daemon.terminal.sim.symbols import SimSymbol
 
 __all__ = ["Market", "HISTORY_START", "MAX_TICKS_PER_REQUEST"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from daemon.terminal import mt5_constants as C
+from mt5d.daemon.terminal import mt5_constants as C
 
 __all__ = ["SimSymbol", "default_symbols", "synthetic_symbols"]
 

@@ -1,6 +1,6 @@
 """SimTerminal: the MetaTrader5 function set over the simulated market.
 
-See the package docstring (``daemon.terminal.sim``) for the error-code and
+See the package docstring (``mt5d.daemon.terminal.sim``) for the error-code and
 fault tables.
 """
 
@@ -16,11 +16,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from daemon.terminal import mt5_constants as C
-from daemon.terminal.sim._hash import mix
-from daemon.terminal.sim.clock import BrokerClock
-from daemon.terminal.sim.faults import Fault, as_fault
-from daemon.terminal.sim.market import (
+from mt5d.daemon.terminal import mt5_constants as C
+from mt5d.daemon.terminal.sim._hash import mix
+from mt5d.daemon.terminal.sim.clock import BrokerClock
+from mt5d.daemon.terminal.sim.faults import Fault, as_fault
+from mt5d.daemon.terminal.sim.market import (
     DAY_MS,
     HISTORY_START,
     HISTORY_START_DAY,
@@ -30,7 +30,7 @@ from daemon.terminal.sim.market import (
     month_start,
     week_start,
 )
-from daemon.terminal.sim.symbols import SimSymbol, default_symbols
+from mt5d.daemon.terminal.sim.symbols import SimSymbol, default_symbols
 
 __all__ = ["SimTerminal", "MAXBARS", "BUILD"]
 
@@ -97,7 +97,7 @@ class SimTerminal:
 
     ``clock()`` returns true UTC epoch seconds (wall time in production, a
     manual clock in tests). Ticks and bars are a pure function of
-    (seed, symbol, time); see ``daemon.terminal.sim`` for errors and faults.
+    (seed, symbol, time); see ``mt5d.daemon.terminal.sim`` for errors and faults.
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """An rpyc classic server that serves the sim terminal as its ``MetaTrader5`` module.
 
 The same kind of bridge mt5linux runs next to a Windows terminal, with the sim
-behind it: ``python -m daemon.terminal.rpyc_bridge '{"seed": 42}'`` prints its
+behind it: ``python -m mt5d.daemon.tools.rpyc_bridge '{"seed": 42}'`` prints its
 port, then serves on 127.0.0.1. For tests and the benchmark of the rpyc
 backend; loopback only (rpyc classic runs any code sent to it).
 """
@@ -16,8 +16,8 @@ import msgspec
 
 
 def serve(options: dict) -> None:
-    import daemon.terminal.mt5sim as sim
-    from daemon.terminal.sim import Fault, default_symbols, synthetic_symbols
+    import mt5d.daemon.terminal.mt5sim as sim
+    from mt5d.daemon.terminal.sim import Fault, default_symbols, synthetic_symbols
 
     options["faults"] = [Fault(**f) for f in options.get("faults", [])]
     extra = options.pop("synthetic_symbols", 0)
@@ -40,7 +40,7 @@ class RpycBridge:
 
     def __init__(self, **sim_options) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.terminal.rpyc_bridge", msgspec.json.encode(sim_options).decode()],
+            [sys.executable, "-m", "mt5d.daemon.tools.rpyc_bridge", msgspec.json.encode(sim_options).decode()],
             stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.strip():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from actors.breaker import (
+from mt5d.actors.logic.breaker import (
     CLOSED,
     AuthFailure,
     BreakerPolicy,
@@ -15,7 +15,7 @@ from actors.breaker import (
     retry_after,
     transition,
 )
-from schemas.errors import MT5CircuitBreakerOpen
+from mt5d.errors import MT5CircuitBreakerOpen
 
 __all__ = ["Gate"]
 

@@ -1,11 +1,11 @@
 """RPC round-trip latency and throughput of mt5d: `price` and `account`, 1 and 100 concurrent requesters.
 
 Three processes, like a deployment on one machine: a nats-server (the tests'
-binary, loopback, free port), the daemon (`python -m daemon.cli run`, sim
+binary, loopback, free port), the daemon (`python -m mt5d.daemon.cli run`, sim
 terminal, default stream config) and this client (MT5Client over one NATS
 connection: each call is validate + encode + request + decode, as a user sees it).
 
-    python -m daemon.rpc_bench [--seconds 5] [--max-in-flight 64] [--json]
+    python -m mt5d.daemon.tools.rpc_bench [--seconds 5] [--max-in-flight 64] [--json]
 
 Each phase: a warm-up, then C requesters in a closed loop (next request as
 soon as the previous answer is in) for --seconds. Latency is per request,
@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import nats  # noqa: E402
 
-from daemon.natsserver import NatsServer  # noqa: E402
-from schemas import MT5Client  # noqa: E402
-from schemas.errors import MT5CircuitBreakerOpen, MT5Error  # noqa: E402
+from mt5d.daemon.natsserver import NatsServer  # noqa: E402
+from mt5d import MT5Client  # noqa: E402
+from mt5d.errors import MT5CircuitBreakerOpen, MT5Error  # noqa: E402
 
 ACCOUNT = "bench"
 
@@ -46,7 +46,7 @@ def start_daemon(url: str, max_in_flight: int, tmp: Path) -> subprocess.Popen:
     cfg = cfg.replace('level = "INFO"', 'level = "ERROR"')  # keep per-request log lines out of the measurement
     path = tmp / "config.toml"
     path.write_text(cfg)
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(path)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "mt5d.daemon.cli", "run", "--config", str(path)], cwd=ROOT,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return proc
 

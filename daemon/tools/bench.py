@@ -32,7 +32,7 @@ import msgspec
 import nats
 import numpy as np
 
-from daemon.natsserver import NatsServer
+from mt5d.daemon.natsserver import NatsServer
 
 SYMBOLS_50 = 50
 ACCOUNT = "bench"
@@ -41,8 +41,8 @@ ACCOUNT = "bench"
 # ---- the daemon child ----------------------------------------------------------
 def _child_main(raw_json: str) -> int:
     """Run a daemon until SIGTERM; print its CPU and memory figures as JSON."""
-    from daemon.app import Daemon
-    from daemon.config import parse_config
+    from mt5d.daemon.app import Daemon
+    from mt5d.daemon.config import parse_config
 
     cfg = parse_config(msgspec.json.decode(raw_json), env={})
     daemon = Daemon(cfg)
@@ -82,7 +82,7 @@ def _rss_mb() -> float:
 class Child:
     def __init__(self, raw: dict) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.bench", "child", msgspec.json.encode(raw).decode()],
+            [sys.executable, "-m", "mt5d.daemon.tools.bench", "child", msgspec.json.encode(raw).decode()],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         line = self.proc.stdout.readline()
@@ -103,7 +103,7 @@ class Child:
 
 
 def _config(url: str, *, tps: float, poll: float, symbols: int = SYMBOLS_50, faults=(), msg_id=False) -> dict:
-    from daemon.terminal.sim import synthetic_symbols
+    from mt5d.daemon.terminal.sim import synthetic_symbols
 
     names = [s.name for s in synthetic_symbols(symbols)]
     return {
@@ -253,7 +253,7 @@ async def phase_completeness(server: NatsServer, seconds: float) -> dict:
     """Ticks that reached the server (a JetStream stream) vs the terminal's history."""
     from nats.js.api import StreamConfig
 
-    from daemon.terminal.sim import SimTerminal, synthetic_symbols
+    from mt5d.daemon.terminal.sim import SimTerminal, synthetic_symbols
 
     url = server.url
     nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
@@ -330,7 +330,7 @@ class _NaiveLoop:
     """The usual approach: poll symbol_info_tick every 10 ms on an identical terminal."""
 
     def __init__(self, nsym: int) -> None:
-        from daemon.terminal.sim import SimTerminal, synthetic_symbols
+        from mt5d.daemon.terminal.sim import SimTerminal, synthetic_symbols
 
         self.symbols = [s.name for s in synthetic_symbols(nsym)]
         self.sim = SimTerminal(seed=7, symbols=list(synthetic_symbols(nsym)), ticks_per_second=50.0, clock=time.time)
@@ -357,11 +357,11 @@ class _NaiveLoop:
 # ---- terminal call costs ------------------------------------------------------------
 def phase_calls(calls: int = 2000) -> dict:
     """One terminal call (symbol_info_tick) and one 50-symbol poll cycle, per backend."""
-    from actors.cursor import TickCursor
-    from actors.poller import _collect
-    from daemon.terminal.api import TerminalApi
-    from daemon.terminal.backends import RpycTerminal
-    from daemon.terminal.sim import SimTerminal, synthetic_symbols
+    from mt5d.actors.logic.cursor import TickCursor
+    from mt5d.actors.poller import _collect
+    from mt5d.daemon.terminal.api import TerminalApi
+    from mt5d.daemon.terminal.backends import RpycTerminal
+    from mt5d.daemon.terminal.sim import SimTerminal, synthetic_symbols
 
     names = [s.name for s in synthetic_symbols(SYMBOLS_50)]
     opts = dict(seed=7, ticks_per_second=200.0, synthetic_symbols=SYMBOLS_50)
@@ -389,7 +389,7 @@ def phase_calls(calls: int = 2000) -> dict:
     sim = SimTerminal(seed=7, ticks_per_second=200.0, symbols=list(synthetic_symbols(SYMBOLS_50)), clock=time.time)
     out["sim_call_us"], out["sim_cycle50_us"] = (round(v * 1e6, 1) for v in measure(sim))
     try:
-        from daemon.terminal.rpyc_bridge import RpycBridge
+        from mt5d.daemon.tools.rpyc_bridge import RpycBridge
 
         bridge = RpycBridge(**opts)
     except (ImportError, RuntimeError):

@@ -1,0 +1,1 @@
+"""Pure logic: no anyio, no NATS, no terminal. Tested as tables."""
