@@ -20,6 +20,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from mt5d.actors.logic.bars import CandleTracker, bar_end, bar_start
+from mt5d.actors.logic.history import candles_from_rates, ticks_from_array
 from mt5d.actors.connection import Connection
 from mt5d.actors.logic.cursor import TickCursor, new_ticks
 from mt5d.actors.messages import Batch
@@ -29,9 +30,8 @@ from mt5d.daemon.telemetry import Telemetry
 from mt5d.daemon.terminal.api import TerminalApi
 from mt5d.daemon.terminal.mt5_constants import COPY_TICKS_ALL, RATE_DTYPE, TIMEFRAMES
 from mt5d.errors import MT5Error, MT5ValidationError
-from mt5d.market import Candle, Tick
 
-__all__ = ["Poller"]
+__all__ = ["Poller", "collect"]
 
 log = logging.getLogger("mt5d.poller")
 
@@ -116,7 +116,7 @@ class Poller:
         forming = self._forming_due(symbols) if self._forming_interval else []
 
         def hop(api: TerminalApi):
-            return _collect(api, cursors, due, new_trackers, forming, now_broker_s)
+            return collect(api, cursors, due, new_trackers, forming, now_broker_s)
 
         ticks_by_symbol, bars, new_bars, forming_bars, bad = await self._conn.run_call(hop)
         return self._absorb(ticks_by_symbol, bars, new_bars, forming_bars, bad, wall)
@@ -154,22 +154,13 @@ class Poller:
                 continue
             if not len(fresh):
                 continue
-            # index_in_ms goes on from the ticks of the cursor's millisecond published before.
-            prev_msc, k = (before.last_msc, before.seen - 1) if before else (-1, -1)
-            nan = 0
-            for t, bid, ask, last, volume, msc, flags, volume_real in fresh.tolist():
-                k = k + 1 if msc == prev_msc else 0
-                prev_msc = msc
-                if not (bid == bid and ask == ask and last == last):  # NaN: a result that makes no sense
-                    nan += 1
-                    continue
-                out.append(Tick(symbol=symbol, time_msc_broker=msc, time_utc_ms=msc - off, bid=bid, ask=ask,
-                                last=last, volume=volume, volume_real=volume_real, flags=flags, index_in_ms=k))
+            ticks, nan = ticks_from_array(symbol, fresh, before, off)
             if nan:
                 log.error("terminal returned ticks with NaN prices; skipped",
                           extra={"symbol": symbol, "count": nan, "error": "MT5DataError"})
-            if out:
-                self._prices.update(out[-1])
+            if ticks:
+                out.extend(ticks)
+                self._prices.update(ticks[-1])
         now_broker_s = (wall_ms + off) // 1000
         for (symbol, tf), rates in new_bars.items():
             if len(rates) >= 2:
@@ -205,17 +196,7 @@ class Poller:
         return batch
 
 
-def candles_from_rates(symbol: str, tf: str, rates: np.ndarray, off_ms: int, closed: bool = True) -> list[Candle]:
-    """Terminal bars (oldest first) as wire candles, with UTC from the broker offset."""
-    out = []
-    for t, o, h, lo, c, tick_volume, spread, real_volume in rates.tolist():
-        out.append(Candle(symbol=symbol, timeframe=tf, time_broker=t, time_utc_ms=t * 1000 - off_ms,
-                          close_time_utc_ms=bar_end(tf, t) * 1000 - off_ms, open=o, high=h, low=lo, close=c,
-                          tick_volume=tick_volume, spread=spread, real_volume=real_volume, closed=closed))
-    return out
-
-
-def _collect(api: TerminalApi, cursors, due, new_trackers, forming, now_broker_s):
+def collect(api: TerminalApi, cursors, due, new_trackers, forming, now_broker_s):
     """Runs on the terminal thread: every terminal call of one cycle, batched per
     function (over the rpyc bridge a batch is one round trip)."""
     ticks: dict[str, tuple[np.ndarray, TickCursor, bool]] = {}

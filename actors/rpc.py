@@ -30,15 +30,15 @@ from typing import Any, Awaitable, Callable
 import anyio
 import msgspec
 import nats.micro
-import numpy as np
 from anyio.abc import TaskStatus
 
-from mt5d.actors.logic.bars import TIMEFRAME_SECONDS, bar_end
-from mt5d.actors.logic.cursor import TickCursor, new_ticks
-from mt5d.actors.poller import candles_from_rates
+from mt5d.actors.logic.bars import CLOSE_GRACE_S, bar_end, min_bar_seconds
+from mt5d.actors.logic.cursor import TickCursor
+from mt5d.actors.logic.history import candles_from_rates, fetch_ticks, ticks_from_array
 from mt5d.actors.logic.utc import UtcOffset
 from mt5d.daemon.terminal.api import TerminalApi
-from mt5d.daemon.terminal.mt5_constants import COPY_TICKS_ALL, TICK_DTYPE, TIMEFRAMES
+from mt5d.daemon.terminal.mt5_constants import TIMEFRAMES
+from mt5d import __version__
 from mt5d.codec import Codec
 from mt5d.errors import (
     MT5CircuitBreakerOpen,
@@ -72,29 +72,16 @@ from mt5d.rpc import (
 )
 from mt5d.subjects import rpc_group
 
-__all__ = ["RpcService", "fetch_ticks", "SERVICE_NAME"]
+__all__ = ["RpcService", "SERVICE_NAME"]
 
 log = logging.getLogger("mt5d.rpc")
 
 SERVICE_NAME = "mt5d"
-# A bar counts as closed this long after its end (the poller's CandleTracker grace).
-CLOSE_GRACE_S = 2
-# Tick history: the first copy_ticks_from asks for at most this many ticks, later ones 4x more.
-FIRST_FETCH = 1024
 # "busy" refusals are logged at most this often (with the running count).
 BUSY_LOG_EVERY = 10.0
 
 
 _NO_SPAN = contextlib.nullcontext()
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("mt5d")
-    except Exception:
-        return "0.1.0"
 
 
 def _shown(text: str, limit: int = 40) -> str:
@@ -163,7 +150,7 @@ class RpcService:
     # ---- the actor ------------------------------------------------------
     async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
         svc = await nats.micro.add_service(
-            self._nc, name=SERVICE_NAME, version=_version(),
+            self._nc, name=SERVICE_NAME, version=__version__,
             description="mt5d: account data, prices and history of one MetaTrader 5 terminal",
             metadata={"account": self._account},
         )
@@ -413,7 +400,7 @@ class RpcService:
             from_s = max(0, -((-(req.start + off)) // 1000))  # bars opened at or after start
             to_s = min((req.end + off) // 1000, horizon_s)
             if from_s <= to_s:
-                step = TIMEFRAME_SECONDS[tf] or 28 * 86400
+                step = min_bar_seconds(tf)
                 if (to_s - from_s) // step + 1 <= MAX_CANDLES:
                     rates = await self._conn.run_call(
                         lambda api: api.copy_rates_range(symbol, code, from_s, to_s))
@@ -451,16 +438,10 @@ class RpcService:
         # encoded reply is surely over max_payload, so page_ticks cuts and says "more".
         max_payload = self._max_payload()
         limit = min(req.count, (max_payload - REPLY_HEADROOM) // self._min_tick_bytes(symbol) + 1)
-        arr, index_in_ms = await self._conn.run_call(
+        arr = await self._conn.run_call(
             lambda api: fetch_ticks(api, symbol, start_b, end_b, req.skip, limit, now_broker_s))
-        # The poller's conversion: UTC from the current offset, NaN-priced ticks left out
-        # (the stream never carried them), index_in_ms from the terminal's order.
-        ticks = [
-            Tick(symbol=symbol, time_msc_broker=msc, time_utc_ms=msc - off, bid=bid, ask=ask, last=last,
-                 volume=volume, volume_real=volume_real, flags=flags, index_in_ms=k)
-            for (_t, bid, ask, last, volume, msc, flags, volume_real), k in zip(arr.tolist(), index_in_ms.tolist())
-            if bid == bid and ask == ask and last == last
-        ]
+        # The poller's conversion: the stream never carried NaN-priced ticks either.
+        ticks, _ = ticks_from_array(symbol, arr, TickCursor(start_b, req.skip), off)
         return page_ticks(req, ticks, self._codec, max_payload)
 
     def _min_tick_bytes(self, symbol: str) -> int:
@@ -477,49 +458,3 @@ class RpcService:
         return size
 
 
-def fetch_ticks(api: TerminalApi, symbol: str, start_b: int, end_b: int, skip: int, limit: int,
-                now_broker_s: int) -> tuple[np.ndarray, np.ndarray]:
-    """Runs on the terminal thread: ticks with broker ``time_msc`` in [start_b, end_b],
-    oldest first, the first ``skip`` of those at ``start_b`` itself left out, at most
-    ``limit``; and each one's position among the ticks of its millisecond (``index_in_ms``).
-
-    ``copy_ticks_from`` with a count (so the terminal never materialises more
-    than we can use, whatever the range: a year of ticks is never loaded for
-    one page), continued from a tick cursor (whole seconds in, several ticks per
-    millisecond: the poller's de-duplication), the count growing geometrically
-    so a short range costs one small call."""
-    empty = np.empty(0, dtype=TICK_DTYPE), np.empty(0, dtype=np.int64)
-    if start_b > end_b or start_b // 1000 > now_broker_s + 86400:
-        return empty  # nothing can be there (and no absurd date reaches the terminal)
-    cursor = TickCursor(start_b, skip)
-    chunks: list[np.ndarray] = []
-    indexes: list[np.ndarray] = []
-    got = 0
-    cap, pad = FIRST_FETCH, 64
-    while got < limit:
-        want = limit - got
-        n = min(cap, want + min(cursor.seen, 100_000) + pad)
-        arr = api.copy_ticks_from(symbol, cursor.from_second, n, COPY_TICKS_ALL)
-        fresh, _ = new_ticks(arr, cursor)
-        k = int(np.searchsorted(fresh["time_msc"], end_b, side="right"))
-        take = fresh[: min(k, want)]
-        if len(take):
-            msc = arr["time_msc"]
-            first = len(arr) - len(fresh)  # index in arr of the first fresh tick
-            # arr starts at a whole second, so it holds every earlier tick of each millisecond.
-            idx = np.arange(first, first + len(take)) - np.searchsorted(msc, take["time_msc"], side="left")
-            chunks.append(take)
-            indexes.append(idx)
-            got += len(take)
-            last = int(take["time_msc"][-1])
-            cursor = TickCursor(last, int(idx[-1]) + 1)
-        if k < len(fresh) or len(arr) < n:
-            break  # past the end of the range, or no newer ticks exist
-        if not len(take):
-            pad = 4 * n  # the cursor's second holds more than n ticks before the cursor: ask for more
-        cap *= 4  # a full fetch: there is more, so fetch more at once
-    if not chunks:
-        return empty
-    if len(chunks) == 1:
-        return chunks[0], indexes[0]
-    return np.concatenate(chunks), np.concatenate(indexes)

@@ -16,9 +16,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from mt5d.daemon.telemetry import TelemetryConfig, telemetry_problems
-from mt5d.daemon.terminal.mt5_constants import TIMEFRAMES as _TIMEFRAMES
+from mt5d.market import TIMEFRAMES
 
-TIMEFRAME_NAMES = tuple(_TIMEFRAMES)
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 
@@ -209,8 +208,8 @@ def _apply_env(cfg: Config, env) -> Config:
 def _cross_checks(cfg: Config) -> list[str]:
     problems = []
     for tf in cfg.stream.timeframes:
-        if tf not in TIMEFRAME_NAMES:
-            problems.append(f"stream.timeframes: {tf!r} is not a timeframe (expected one of {', '.join(TIMEFRAME_NAMES)})")
+        if tf not in TIMEFRAMES:
+            problems.append(f"stream.timeframes: {tf!r} is not a timeframe (expected one of {', '.join(TIMEFRAMES)})")
     if not cfg.stream.symbols:
         problems.append("stream.symbols: empty (expected at least one symbol)")
     off = cfg.stream.server_utc_offset

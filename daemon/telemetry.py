@@ -54,7 +54,6 @@ sampler follows ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 import sys
@@ -64,6 +63,9 @@ from operator import attrgetter
 from typing import Annotated, Any, Callable, Literal
 
 import msgspec
+
+from mt5d import __version__
+from mt5d.subjects import Subjects
 
 __all__ = [
     "TelemetryConfig",
@@ -356,15 +358,16 @@ class Telemetry:
         self._owned = list(_owned)  # (shutdown callables) of what from_config built
         self._span_kind_server = SpanKind.SERVER
         self._span_kind_internal = SpanKind.INTERNAL
-        self._tracer = tracer_provider.get_tracer("mt5d", _version()) if tracer_provider is not None else None
+        self._tracer = tracer_provider.get_tracer("mt5d", __version__) if tracer_provider is not None else None
         self._metrics_on = meter_provider is not None
-        meter = (meter_provider or metrics.NoOpMeterProvider()).get_meter("mt5d", _version())
+        meter = (meter_provider or metrics.NoOpMeterProvider()).get_meter("mt5d", __version__)
 
         msg = {"messaging.system": "nats", "messaging.operation.type": "publish"}
         self._msg_publish = msg
-        self._tick_template = f"{prefix}.{{account}}.tick.{{symbol}}"
-        self._candle_template = f"{prefix}.{{account}}.candle.{{symbol}}.{{timeframe}}"
-        self._forming_template = f"{prefix}.{{account}}.candle_forming.{{symbol}}.{{timeframe}}"
+        self._templates = subjects = Subjects(prefix, "*", wildcard=True)
+        self._tick_template = subjects.template("tick")
+        self._candle_template = subjects.template("candle")
+        self._forming_template = subjects.template("candle_forming")
         self._batch_attrs = {**msg, "messaging.destination.template": f"{prefix}.{{account}}.>"}
         self._call_attrs: dict[tuple[str, str | None], dict] = {}
         self._rpc_attr_cache: dict[str, dict] = {}
@@ -425,7 +428,7 @@ class Telemetry:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        resource = Resource.create({"service.name": "mt5d", "service.version": _version(),
+        resource = Resource.create({"service.name": "mt5d", "service.version": __version__,
                                     "service.instance.id": str(account)})
         interval_ms = cfg.export_interval * 1000
         owned: list[Callable[[], Any]] = []
@@ -617,7 +620,7 @@ class Telemetry:
         if attrs is None:
             attrs = self._rpc_attr_cache[endpoint] = {
                 "endpoint": endpoint, "messaging.system": "nats", "messaging.operation.type": "process",
-                "messaging.destination.template": f"{self.prefix}.{{account}}.rpc.{endpoint}"}
+                "messaging.destination.template": self._templates.template("rpc").replace("{endpoint}", endpoint)}
         return attrs
 
     def __repr__(self) -> str:
@@ -721,12 +724,3 @@ class _Disabled(Telemetry):
 
 _DISABLED = _Disabled()
 
-
-@functools.cache
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("mt5d")
-    except Exception:
-        return "0"

@@ -3,6 +3,13 @@
     from mt5d import MT5Client, Tick, subjects
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mt5d")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
 from mt5d import codec, errors, rpc, subjects
 from mt5d.client import MT5Client, Stream
 from mt5d.codec import Codec, decode_any

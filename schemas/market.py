@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["Tick", "Candle", "HealthEvent", "TIMEFRAMES", "BREAKER_STATES"]
+__all__ = ["Tick", "Candle", "HealthEvent", "TIMEFRAMES", "TIMEFRAME_SECONDS", "BREAKER_STATES"]
 
-# MT5's standard timeframes, shortest first.
-TIMEFRAMES: tuple[str, ...] = (
-    "M1", "M2", "M3", "M4", "M5", "M6", "M10", "M12", "M15", "M20", "M30",
-    "H1", "H2", "H3", "H4", "H6", "H8", "H12", "D1", "W1", "MN1",
-)
+# MT5's standard timeframes, shortest first, and the length of one bar in seconds
+# (MN1: 0, months differ; W1 bars open on Sunday 00:00). The one timeframe table:
+# the terminal boundary adds only the MetaTrader5 codes.
+TIMEFRAME_SECONDS: dict[str, int] = {
+    "M1": 60, "M2": 120, "M3": 180, "M4": 240, "M5": 300, "M6": 360,
+    "M10": 600, "M12": 720, "M15": 900, "M20": 1200, "M30": 1800,
+    "H1": 3600, "H2": 7200, "H3": 10800, "H4": 14400, "H6": 21600, "H8": 28800, "H12": 43200,
+    "D1": 86400, "W1": 7 * 86400, "MN1": 0,
+}
+TIMEFRAMES: tuple[str, ...] = tuple(TIMEFRAME_SECONDS)
 
 BREAKER_STATES: tuple[str, ...] = ("closed", "open", "half_open")
 

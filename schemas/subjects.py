@@ -38,6 +38,7 @@ __all__ = [
     "parse",
     "Parsed",
     "Subjects",
+    "GRAMMAR",
 ]
 
 DEFAULT_PREFIX = "mt5"
@@ -96,6 +97,24 @@ def _endpoint(name: str) -> str:
     return name
 
 
+# -- the grammar: one row per kind of subject ------------------------------------
+# kind -> the tokens after ``<prefix>.<account>.<kind>``, each with the function
+# that makes a token from a raw value and the one that reads it back. A new kind
+# of message is one row here (and a method below if it is on the hot path).
+_TOKEN = {
+    "symbol": (escape_token, unescape_token),
+    "timeframe": (_timeframe, _timeframe),
+    "endpoint": (_endpoint, _endpoint),
+}
+GRAMMAR: dict[str, tuple[str, ...]] = {
+    "tick": ("symbol",),
+    "candle": ("symbol", "timeframe"),
+    "candle_forming": ("symbol", "timeframe"),
+    "health": (),
+    "rpc": ("endpoint",),
+}
+
+
 def _account(account: str | int, wildcard: bool = False) -> str:
     account = str(account)
     if wildcard and account == "*":
@@ -103,69 +122,143 @@ def _account(account: str | int, wildcard: bool = False) -> str:
     return escape_token(account)
 
 
-# -- builders for one subject ------------------------------------------------
+def _wild(name: str, value: str) -> str:
+    return value if value in ("*", ">") else _TOKEN[name][0](value)
+
+
+class Subjects:
+    """Subjects of one (prefix, account), with per-symbol caches for the hot path.
+
+    ``Subjects(prefix, "*", wildcard=True)`` builds subscription patterns over every
+    account; any token given as ``"*"`` is a wildcard there."""
+
+    __slots__ = ("prefix", "account", "_base", "_wildcard", "_cache")
+
+    def __init__(self, prefix: str, account: str | int, *, wildcard: bool = False) -> None:
+        self.prefix = _prefix(prefix)
+        self.account = str(account)
+        self._wildcard = wildcard
+        self._base = f"{self.prefix}.{_account(account, wildcard)}"
+        self._cache: dict[tuple, str] = {}
+
+    def __repr__(self) -> str:
+        return f"Subjects(prefix={self.prefix!r}, account={self.account!r})"
+
+    def build(self, kind: str, *values: str) -> str:
+        """``<prefix>.<account>.<kind>.<tokens...>`` from raw values (cached)."""
+        key = (kind, *values)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        names = GRAMMAR[kind]
+        if len(values) != len(names):
+            raise ValueError(f"{kind} subjects take {len(names)} tokens, got {len(values)}")
+        make = _wild if self._wildcard else (lambda name, v: _TOKEN[name][0](v))
+        s = ".".join((self._base, kind, *(make(n, v) for n, v in zip(names, values))))
+        if len(self._cache) < 100_000:  # bounded: only the daemon's own symbols repeat
+            self._cache[key] = s
+        return s
+
+    def template(self, kind: str) -> str:
+        """The destination template for metrics labels: ``mt5.{account}.tick.{symbol}``."""
+        return ".".join((self.prefix, "{account}", kind, *(f"{{{n}}}" for n in GRAMMAR[kind])))
+
+    def tick(self, symbol: str) -> str:
+        return self.build("tick", symbol)
+
+    def candle(self, symbol: str, timeframe: str) -> str:
+        return self.build("candle", symbol, timeframe)
+
+    def candle_forming(self, symbol: str, timeframe: str) -> str:
+        return self.build("candle_forming", symbol, timeframe)
+
+    def health(self) -> str:
+        return self.build("health")
+
+    def rpc(self, endpoint: str) -> str:
+        return self.build("rpc", endpoint)
+
+    def rpc_group(self) -> str:
+        return f"{self._base}.rpc"
+
+    def all_ticks(self) -> str:
+        return self.all("tick")
+
+    def all_candles(self, timeframe: str = "*") -> str:
+        return self.all("candle", "*", timeframe)
+
+    def all_candles_forming(self, timeframe: str = "*") -> str:
+        return self.all("candle_forming", "*", timeframe)
+
+    def all(self, kind: str, *values: str) -> str:
+        """A pattern for ``kind``: tokens not given are ``*``."""
+        values = values + ("*",) * (len(GRAMMAR[kind]) - len(values))
+        return ".".join((self._base, kind, *(_wild(n, v) for n, v in zip(GRAMMAR[kind], values))))
+
+    def everything(self) -> str:
+        return f"{self._base}.>"
+
+    def parse(self, subject: str) -> "Parsed":
+        return parse(subject, self.prefix)
+
+
+# -- module-level builders (the same grammar; account "*" means every account) -----
 
 def tick(prefix: str, account: str | int, symbol: str) -> str:
-    return f"{_prefix(prefix)}.{_account(account)}.tick.{escape_token(symbol)}"
+    return Subjects(prefix, account).tick(symbol)
 
 
 def candle(prefix: str, account: str | int, symbol: str, timeframe: str) -> str:
-    return f"{_prefix(prefix)}.{_account(account)}.candle.{escape_token(symbol)}.{_timeframe(timeframe)}"
+    return Subjects(prefix, account).candle(symbol, timeframe)
 
 
 def candle_forming(prefix: str, account: str | int, symbol: str, timeframe: str) -> str:
-    return f"{_prefix(prefix)}.{_account(account)}.candle_forming.{escape_token(symbol)}.{_timeframe(timeframe)}"
+    return Subjects(prefix, account).candle_forming(symbol, timeframe)
 
 
 def health(prefix: str, account: str | int) -> str:
-    return f"{_prefix(prefix)}.{_account(account)}.health"
+    return Subjects(prefix, account).health()
 
 
 def rpc(prefix: str, account: str | int, endpoint: str) -> str:
-    return f"{rpc_group(prefix, account)}.{_endpoint(endpoint)}"
+    return Subjects(prefix, account).rpc(endpoint)
 
 
 def rpc_group(prefix: str, account: str | int) -> str:
     """``<prefix>.<account>.rpc``: the nats.micro group name for the endpoints."""
-    return f"{_prefix(prefix)}.{_account(account)}.rpc"
+    return Subjects(prefix, account).rpc_group()
 
-
-# -- wildcards for subscribers (account "*" means every account) ---------------
 
 def all_ticks(prefix: str = DEFAULT_PREFIX, account: str | int = "*") -> str:
-    return f"{_prefix(prefix)}.{_account(account, True)}.tick.*"
+    return Subjects(prefix, account, wildcard=True).all_ticks()
 
 
 def all_candles(prefix: str = DEFAULT_PREFIX, account: str | int = "*", timeframe: str = "*") -> str:
-    tf = timeframe if timeframe == "*" else _timeframe(timeframe)
-    return f"{_prefix(prefix)}.{_account(account, True)}.candle.*.{tf}"
+    return Subjects(prefix, account, wildcard=True).all_candles(timeframe)
 
 
 def all_candles_forming(prefix: str = DEFAULT_PREFIX, account: str | int = "*", timeframe: str = "*") -> str:
-    tf = timeframe if timeframe == "*" else _timeframe(timeframe)
-    return f"{_prefix(prefix)}.{_account(account, True)}.candle_forming.*.{tf}"
+    return Subjects(prefix, account, wildcard=True).all_candles_forming(timeframe)
 
 
 def all_health(prefix: str = DEFAULT_PREFIX, account: str | int = "*") -> str:
-    return f"{_prefix(prefix)}.{_account(account, True)}.health"
+    return Subjects(prefix, account, wildcard=True).health()
 
 
 def everything(prefix: str = DEFAULT_PREFIX, account: str | int = "*") -> str:
     """Every stream and RPC subject of one account (or of all)."""
-    return f"{_prefix(prefix)}.{_account(account, True)}.>"
+    return Subjects(prefix, account, wildcard=True).everything()
 
 
 # -- parsing (for wildcard subscribers) ----------------------------------------
 
 class Parsed(NamedTuple):
     account: str
-    kind: str  # "tick" | "candle" | "candle_forming" | "health" | "rpc"
+    kind: str  # a key of GRAMMAR: "tick" | "candle" | "candle_forming" | "health" | "rpc" | ...
     symbol: str = ""  # raw (unescaped)
     timeframe: str = ""
     endpoint: str = ""
-
-
-_SHAPES = {"tick": 1, "candle": 2, "candle_forming": 2, "health": 0, "rpc": 1}
 
 
 def parse(subject: str, prefix: str = DEFAULT_PREFIX) -> Parsed:
@@ -174,76 +267,8 @@ def parse(subject: str, prefix: str = DEFAULT_PREFIX) -> Parsed:
     if not subject.startswith(head):
         raise ValueError(f"subject {subject!r} does not start with prefix {prefix!r}")
     parts = subject[len(head):].split(".")
-    if len(parts) < 2 or parts[1] not in _SHAPES or len(parts) != 2 + _SHAPES[parts[1]]:
+    if len(parts) < 2 or parts[1] not in GRAMMAR or len(parts) != 2 + len(GRAMMAR[parts[1]]):
         raise ValueError(f"not an mt5d subject: {subject!r}")
-    account, kind, rest = unescape_token(parts[0]), parts[1], parts[2:]
-    if kind == "rpc":
-        return Parsed(account, kind, endpoint=_endpoint(rest[0]))
-    if kind == "health":
-        return Parsed(account, kind)
-    symbol = unescape_token(rest[0])
-    return Parsed(account, kind, symbol, _timeframe(rest[1]) if len(rest) == 2 else "")
-
-
-class Subjects:
-    """Subjects of one (prefix, account), with per-symbol caches for the hot path."""
-
-    __slots__ = ("prefix", "account", "_base", "_ticks", "_candles", "_forming")
-
-    def __init__(self, prefix: str, account: str | int) -> None:
-        self.prefix = _prefix(prefix)
-        self.account = str(account)
-        self._base = f"{self.prefix}.{_account(account)}"
-        self._ticks: dict[str, str] = {}
-        self._candles: dict[tuple[str, str], str] = {}
-        self._forming: dict[tuple[str, str], str] = {}
-
-    def __repr__(self) -> str:
-        return f"Subjects(prefix={self.prefix!r}, account={self.account!r})"
-
-    def tick(self, symbol: str) -> str:
-        try:
-            return self._ticks[symbol]
-        except KeyError:
-            s = self._ticks[symbol] = f"{self._base}.tick.{escape_token(symbol)}"
-            return s
-
-    def candle(self, symbol: str, timeframe: str) -> str:
-        try:
-            return self._candles[(symbol, timeframe)]
-        except KeyError:
-            s = f"{self._base}.candle.{escape_token(symbol)}.{_timeframe(timeframe)}"
-            self._candles[(symbol, timeframe)] = s
-            return s
-
-    def candle_forming(self, symbol: str, timeframe: str) -> str:
-        try:
-            return self._forming[(symbol, timeframe)]
-        except KeyError:
-            s = f"{self._base}.candle_forming.{escape_token(symbol)}.{_timeframe(timeframe)}"
-            self._forming[(symbol, timeframe)] = s
-            return s
-
-    def health(self) -> str:
-        return f"{self._base}.health"
-
-    def rpc(self, endpoint: str) -> str:
-        return f"{self._base}.rpc.{_endpoint(endpoint)}"
-
-    def rpc_group(self) -> str:
-        return f"{self._base}.rpc"
-
-    def all_ticks(self) -> str:
-        return f"{self._base}.tick.*"
-
-    def all_candles(self, timeframe: str = "*") -> str:
-        return f"{self._base}.candle.*.{timeframe if timeframe == '*' else _timeframe(timeframe)}"
-
-    def all_candles_forming(self, timeframe: str = "*") -> str:
-        return f"{self._base}.candle_forming.*.{timeframe if timeframe == '*' else _timeframe(timeframe)}"
-
-    def everything(self) -> str:
-        return f"{self._base}.>"
-
-    def parse(self, subject: str) -> Parsed:
-        return parse(subject, self.prefix)
+    names = GRAMMAR[parts[1]]
+    fields = {n: _TOKEN[n][1](v) for n, v in zip(names, parts[2:])}
+    return Parsed(unescape_token(parts[0]), parts[1], **fields)

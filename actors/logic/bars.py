@@ -14,15 +14,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["bar_start", "bar_end", "CandleTracker", "TIMEFRAME_SECONDS"]
+from mt5d.market import TIMEFRAME_SECONDS
 
-_MIN = 60
-TIMEFRAME_SECONDS = {
-    "M1": _MIN, "M2": 2 * _MIN, "M3": 3 * _MIN, "M4": 4 * _MIN, "M5": 5 * _MIN, "M6": 6 * _MIN,
-    "M10": 10 * _MIN, "M12": 12 * _MIN, "M15": 15 * _MIN, "M20": 20 * _MIN, "M30": 30 * _MIN,
-    "H1": 3600, "H2": 7200, "H3": 10800, "H4": 14400, "H6": 21600, "H8": 28800, "H12": 43200,
-    "D1": 86400, "W1": 7 * 86400, "MN1": None,
-}
+__all__ = ["bar_start", "bar_end", "min_bar_seconds", "CandleTracker", "CLOSE_GRACE_S"]
+
+# A bar counts as closed this long after its end even when no newer bar exists
+# (a quiet minute still closes on time; the terminal may add its last tick late).
+CLOSE_GRACE_S = 2
+
+
+def min_bar_seconds(tf: str) -> int:
+    """The shortest a bar of ``tf`` can be (a month: 28 days), for counting bars in a span."""
+    return TIMEFRAME_SECONDS[tf] or 28 * 86400
 
 
 def bar_start(tf: str, t: int) -> int:
@@ -52,14 +55,14 @@ class CandleTracker:
     tf: str
     last_closed: int  # open time of the newest published closed bar (broker s)
     next_check: int  # end of the bar forming when we last looked (broker s)
-    grace: int = 2
+    grace: int = CLOSE_GRACE_S
 
     def due(self, newest_tick_s: int, now_broker_s: int) -> bool:
         return newest_tick_s >= self.next_check or now_broker_s >= self.next_check + self.grace
 
     def fetch_count(self, now_broker_s: int, cap: int = 5000) -> int:
         """How many bars (from position 0) cover everything since ``last_closed``."""
-        step = TIMEFRAME_SECONDS[self.tf] or 28 * 86400
+        step = min_bar_seconds(self.tf)
         return max(2, min(cap, (now_broker_s - self.last_closed) // step + 2))
 
     def closed(self, rates: np.ndarray, now_broker_s: int) -> np.ndarray:

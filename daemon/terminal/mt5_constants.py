@@ -15,6 +15,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from mt5d.market import TIMEFRAME_SECONDS as _TIMEFRAME_LENGTHS
+
 __version__ = "5.0.6231"
 __author__ = "MetaQuotes Ltd."
 
@@ -299,24 +301,11 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
 # ----------------------------------------------------------------------------
 # Timeframes by name and their length.
 # ----------------------------------------------------------------------------
-TIMEFRAMES: dict[str, int] = {
-    "M1": TIMEFRAME_M1, "M2": TIMEFRAME_M2, "M3": TIMEFRAME_M3, "M4": TIMEFRAME_M4,
-    "M5": TIMEFRAME_M5, "M6": TIMEFRAME_M6, "M10": TIMEFRAME_M10, "M12": TIMEFRAME_M12,
-    "M15": TIMEFRAME_M15, "M20": TIMEFRAME_M20, "M30": TIMEFRAME_M30,
-    "H1": TIMEFRAME_H1, "H2": TIMEFRAME_H2, "H3": TIMEFRAME_H3, "H4": TIMEFRAME_H4,
-    "H6": TIMEFRAME_H6, "H8": TIMEFRAME_H8, "H12": TIMEFRAME_H12,
-    "D1": TIMEFRAME_D1, "W1": TIMEFRAME_W1, "MN1": TIMEFRAME_MN1,
-}
+# The names and lengths are the contract's (mt5d.market); this adds only the codes.
+TIMEFRAMES: dict[str, int] = {name: globals()[f"TIMEFRAME_{name}"] for name in _TIMEFRAME_LENGTHS}
 TIMEFRAME_NAMES: dict[int, str] = {v: k for k, v in TIMEFRAMES.items()}
-
-# Seconds per bar; MN1 has no fixed length (None). W1 bars open on Sunday 00:00.
-TIMEFRAME_SECONDS: dict[int, int | None] = {
-    **{TIMEFRAMES[f"M{n}"]: 60 * n for n in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30)},
-    **{TIMEFRAMES[f"H{n}"]: 3600 * n for n in (1, 2, 3, 4, 6, 8, 12)},
-    TIMEFRAME_D1: 86400,
-    TIMEFRAME_W1: 7 * 86400,
-    TIMEFRAME_MN1: None,
-}
+# Seconds per bar by code; MN1 has no fixed length (None).
+TIMEFRAME_SECONDS: dict[int, int | None] = {TIMEFRAMES[n]: s or None for n, s in _TIMEFRAME_LENGTHS.items()}
 
 # ----------------------------------------------------------------------------
 # numpy structured dtypes of copy_ticks_* and copy_rates_* results.

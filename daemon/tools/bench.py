@@ -358,7 +358,7 @@ class _NaiveLoop:
 def phase_calls(calls: int = 2000) -> dict:
     """One terminal call (symbol_info_tick) and one 50-symbol poll cycle, per backend."""
     from mt5d.actors.logic.cursor import TickCursor
-    from mt5d.actors.poller import _collect
+    from mt5d.actors.poller import collect
     from mt5d.daemon.terminal.api import TerminalApi
     from mt5d.daemon.terminal.backends import RpycTerminal
     from mt5d.daemon.terminal.sim import SimTerminal, synthetic_symbols
@@ -379,7 +379,7 @@ def phase_calls(calls: int = 2000) -> dict:
         cycles = max(20, calls // 100)
         t0 = time.perf_counter()
         for _ in range(cycles):
-            ticks = _collect(api, cursors, [], [], [], None)[0]
+            ticks = collect(api, cursors, [], [], [], None)[0]
             cursors.update({n: c for n, (_, c, _) in ticks.items()})
             time.sleep(0.01)  # a 10 ms poll interval: each cycle finds ~2 new ticks per symbol
         per_cycle = (time.perf_counter() - t0) / cycles - 0.01

@@ -1,0 +1,91 @@
+"""Terminal history as wire messages: the one tick and bar conversion.
+
+The poller (what streams) and the RPC service (what a requester pages through)
+both turn the terminal's numpy arrays into ``Tick`` and ``Candle`` here, so a
+tick fetched later is the tick the stream published: same UTC, same
+``index_in_ms``, same NaN filter. ``fetch_ticks`` runs on the terminal thread.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mt5d.actors.logic.bars import bar_end
+from mt5d.actors.logic.cursor import TickCursor, new_ticks
+from mt5d.daemon.terminal.mt5_constants import COPY_TICKS_ALL, TICK_DTYPE
+from mt5d.market import Candle, Tick
+
+__all__ = ["ticks_from_array", "candles_from_rates", "fetch_ticks", "FIRST_FETCH"]
+
+# Tick history: the first copy_ticks_from asks for at most this many ticks, later ones 4x more.
+FIRST_FETCH = 1024
+
+
+def ticks_from_array(symbol: str, fresh: np.ndarray, after: TickCursor | None,
+                     off_ms: int) -> tuple[list[Tick], int]:
+    """Ticks new since ``after`` (oldest first, contiguous) as wire ticks, and how many
+    were left out for a NaN price (a result that makes no sense; never published).
+
+    UTC is broker time minus the offset; ``index_in_ms`` goes on from the ticks of
+    ``after``'s millisecond already published (``after.seen`` of them)."""
+    prev_msc, k = (after.last_msc, after.seen - 1) if after else (-1, -1)
+    out: list[Tick] = []
+    nan = 0
+    for _t, bid, ask, last, volume, msc, flags, volume_real in fresh.tolist():
+        k = k + 1 if msc == prev_msc else 0
+        prev_msc = msc
+        if not (bid == bid and ask == ask and last == last):
+            nan += 1
+            continue
+        out.append(Tick(symbol=symbol, time_msc_broker=msc, time_utc_ms=msc - off_ms, bid=bid, ask=ask,
+                        last=last, volume=volume, volume_real=volume_real, flags=flags, index_in_ms=k))
+    return out, nan
+
+
+def candles_from_rates(symbol: str, tf: str, rates: np.ndarray, off_ms: int, closed: bool = True) -> list[Candle]:
+    """Terminal bars (oldest first) as wire candles, with UTC from the broker offset."""
+    out = []
+    for t, o, h, lo, c, tick_volume, spread, real_volume in rates.tolist():
+        out.append(Candle(symbol=symbol, timeframe=tf, time_broker=t, time_utc_ms=t * 1000 - off_ms,
+                          close_time_utc_ms=bar_end(tf, t) * 1000 - off_ms, open=o, high=h, low=lo, close=c,
+                          tick_volume=tick_volume, spread=spread, real_volume=real_volume, closed=closed))
+    return out
+
+
+def fetch_ticks(api, symbol: str, start_b: int, end_b: int, skip: int, limit: int,
+                now_broker_s: int) -> np.ndarray:
+    """Runs on the terminal thread: ticks with broker ``time_msc`` in [start_b, end_b],
+    oldest first, the first ``skip`` of those at ``start_b`` itself left out, at most
+    ``limit``: the ticks new since ``TickCursor(start_b, skip)``.
+
+    ``copy_ticks_from`` with a count (so the terminal never materialises more
+    than we can use, whatever the range: a year of ticks is never loaded for
+    one page), continued from a tick cursor (whole seconds in, several ticks per
+    millisecond: the poller's de-duplication), the count growing geometrically
+    so a short range costs one small call."""
+    if start_b > end_b or start_b // 1000 > now_broker_s + 86400:
+        return np.empty(0, dtype=TICK_DTYPE)  # nothing can be there (and no absurd date reaches the terminal)
+    cursor = TickCursor(start_b, skip)
+    chunks: list[np.ndarray] = []
+    got = 0
+    cap, pad = FIRST_FETCH, 64
+    while got < limit:
+        want = limit - got
+        n = min(cap, want + min(cursor.seen, 100_000) + pad)
+        arr = api.copy_ticks_from(symbol, cursor.from_second, n, COPY_TICKS_ALL)
+        fresh, _ = new_ticks(arr, cursor)
+        k = int(np.searchsorted(fresh["time_msc"], end_b, side="right"))
+        take = min(k, want)
+        if take:
+            # The cursor after the ticks taken: new_ticks on the fetch cut after them.
+            kept, cursor = new_ticks(arr[: len(arr) - len(fresh) + take], cursor)
+            chunks.append(kept)
+            got += take
+        if k < len(fresh) or len(arr) < n:
+            break  # past the end of the range, or no newer ticks exist
+        if not take:
+            pad = 4 * n  # the cursor's second holds more than n ticks before the cursor: ask for more
+        cap *= 4  # a full fetch: there is more, so fetch more at once
+    if not chunks:
+        return np.empty(0, dtype=TICK_DTYPE)
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
