@@ -41,6 +41,7 @@ from mt5d.daemon.terminal.mt5_constants import TIMEFRAMES
 from mt5d import __version__
 from mt5d.codec import Codec
 from mt5d.errors import (
+    MT5BusyError,
     MT5CircuitBreakerOpen,
     MT5ConnectionError,
     MT5Error,
@@ -220,11 +221,11 @@ class RpcService:
             return
         tg = self._tg
         if tg is None:
-            await self._fail(name, req, MT5CircuitBreakerOpen("mt5d is starting or stopping; retry shortly"), span)
+            await self._fail(name, req, MT5BusyError("mt5d is starting or stopping; retry shortly"), span)
             return
         if self.in_flight >= self._max_in_flight:
             self._note_busy(name)
-            await self._fail(name, req, MT5CircuitBreakerOpen(
+            await self._fail(name, req, MT5BusyError(
                 f"mt5d is busy ({self.in_flight} requests in flight); retry shortly"), span, log_it=False)
             return
         self.in_flight += 1

@@ -24,7 +24,7 @@ from mt5d.daemon.config import Config, parse_offset
 from mt5d.daemon.nats_link import connect_nats
 from mt5d.daemon.supervisor import Supervisor
 from mt5d.daemon.telemetry import Telemetry
-from mt5d.daemon.terminal.backends import open_backend
+from mt5d.daemon.terminal.backends import RpycTerminal, native_module, sim_terminal
 from mt5d.codec import Codec
 from mt5d.market import HealthEvent
 from mt5d.subjects import Subjects
@@ -32,6 +32,21 @@ from mt5d.subjects import Subjects
 __all__ = ["Daemon"]
 
 log = logging.getLogger("mt5d.daemon")
+
+
+
+def open_terminal(cfg: Config, *, clock: Callable[[], float] = time.time, password: str | None = None) -> Any:
+    """The terminal the config names; the backends themselves take plain values."""
+    term = cfg.terminal
+    if term.backend == "sim":
+        sim = term.sim
+        return sim_terminal(
+            seed=sim.seed, ticks_per_second=sim.ticks_per_second, synthetic_symbols=sim.synthetic_symbols,
+            faults=tuple((f.kind, f.at, f.duration) for f in sim.faults), login=term.login or 10001234,
+            password=password, server=term.server or "MT5Sim-Demo", broker_tz=sim.broker_tz, clock=clock)
+    if term.backend == "native":
+        return native_module()
+    return RpycTerminal(term.rpyc_host, term.rpyc_port, request_timeout=term.operation_timeout + 5.0)
 
 
 @dataclass
@@ -49,7 +64,7 @@ class Daemon:
         cfg = self.cfg
         if self.module is None:
             pw = self.secrets.get("MT5_PASSWORD")
-            self.module = open_backend(cfg, clock=self.wall_clock, password=pw.reveal() if pw else None)
+            self.module = open_terminal(cfg, clock=self.wall_clock, password=pw.reveal() if pw else None)
         login = cfg.terminal.login or (10001234 if cfg.terminal.backend == "sim" else 0)
         self.account = cfg.nats.account or str(login)
         self.subjects = Subjects(cfg.nats.prefix, self.account)

@@ -15,6 +15,7 @@ from mt5d.client import MT5Client, Stream
 from mt5d.codec import Codec, decode_any
 from mt5d.errors import (
     MT5AuthError,
+    MT5BusyError,
     MT5CircuitBreakerOpen,
     MT5ConnectionError,
     MT5DataError,
@@ -51,5 +52,6 @@ __all__ = [
     "MT5ValidationError",
     "MT5StateError",
     "MT5CircuitBreakerOpen",
+    "MT5BusyError",
     "error_for_status",
 ]

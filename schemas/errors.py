@@ -18,6 +18,10 @@ __all__ = [
     "MT5ValidationError",
     "MT5StateError",
     "MT5CircuitBreakerOpen",
+    "MT5BusyError",
+    "ERROR_CLASSES",
+    "MT5_CODES",
+    "error_for_code",
     "error_for_status",
 ]
 
@@ -89,26 +93,44 @@ class MT5CircuitBreakerOpen(MT5Error):
     counts_as_failure = False
 
 
-_BY_NAME = {
+class MT5BusyError(MT5Error):
+    """mt5d cannot take the request now (too many in flight, starting or stopping): retry
+    shortly. Not the breaker: the terminal may be perfectly healthy."""
+
+    status = 503
+    counts_as_failure = False
+
+
+# -- the error table ---------------------------------------------------------------
+# Every class, by the name an error reply carries (``kind``); its ``status`` is its reply code.
+ERROR_CLASSES: dict[str, type[MT5Error]] = {
     cls.__name__: cls
-    for cls in (
-        MT5InitError,
-        MT5AuthError,
-        MT5ConnectionError,
-        MT5TimeoutError,
-        MT5DataError,
-        MT5ValidationError,
-        MT5StateError,
-        MT5CircuitBreakerOpen,
-    )
+    for cls in (MT5Error, MT5InitError, MT5AuthError, MT5ConnectionError, MT5TimeoutError, MT5DataError,
+                MT5ValidationError, MT5StateError, MT5CircuitBreakerOpen, MT5BusyError)
 }
+# MT5 ``last_error()`` codes -> class. -1 ("generic fail") is the caller's mistake for
+# reads that name what they read (unknown symbol, no such bars): see ``error_for_code``.
+MT5_CODES: dict[int, type[MT5Error]] = {
+    -6: MT5AuthError,  # authorization failed
+    -10003: MT5InitError,  # IPC initialize failed (no terminal)
+    -10000: MT5ConnectionError, -10001: MT5ConnectionError,  # IPC send / receive failed
+    -10002: MT5ConnectionError, -10004: MT5ConnectionError,  # IPC init failed / no IPC connection
+    -10005: MT5TimeoutError,  # IPC timeout
+    -2: MT5ValidationError, -4: MT5ValidationError,  # invalid params / not found
+}
+# A reply with no known ``kind`` (another implementation, a bare nats.micro error): by status.
+_BY_STATUS: dict[int, type[MT5Error]] = {400: MT5ValidationError, 502: MT5ConnectionError,
+                                         503: MT5BusyError, 504: MT5TimeoutError}
+
+
+def error_for_code(code: int, message: str, *, args_fail: bool = False) -> MT5Error:
+    """The error for an MT5 ``last_error()`` code (``args_fail``: -1 is a bad argument)."""
+    if code == -1 and args_fail:
+        return MT5ValidationError(message, code)
+    return MT5_CODES.get(code, MT5ConnectionError)(message, code)
 
 
 def error_for_status(status: int, kind: str, message: str, code: int = 0) -> MT5Error:
     """Rebuild an error from an RPC error reply (``kind`` is the class name)."""
-    cls = _BY_NAME.get(kind)
-    if cls is None:
-        cls = {400: MT5ValidationError, 503: MT5CircuitBreakerOpen, 504: MT5TimeoutError}.get(
-            status, MT5ConnectionError if status == 502 else MT5Error
-        )
+    cls = ERROR_CLASSES.get(kind) or _BY_STATUS.get(status, MT5Error)
     return cls(message, code)

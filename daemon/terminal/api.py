@@ -14,19 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from mt5d.errors import (
-    MT5AuthError,
-    MT5ConnectionError,
-    MT5DataError,
-    MT5Error,
-    MT5InitError,
-    MT5TimeoutError,
-    MT5ValidationError,
-)
+from mt5d.errors import MT5DataError, MT5Error, error_for_code
 
 __all__ = ["TerminalApi", "translate_error"]
-
-_CONNECTION_CODES = {-10000, -10001, -10002, -10004}
 
 
 def translate_error(code: int, description: str, what: str, *, args_fail: bool = False) -> MT5Error:
@@ -38,18 +28,9 @@ def translate_error(code: int, description: str, what: str, *, args_fail: bool =
     a request it cannot serve (no such bars, unknown symbol) with a generic
     -1; that is the caller's mistake, not a terminal failure.
     """
-    text = f"{what} failed: {description} ({code})"
-    if code == -6:
-        return MT5AuthError(f"{what} failed: authorization refused by the broker ({code})", code)
-    if code == -10003:
-        return MT5InitError(text, code)
-    if code in _CONNECTION_CODES:
-        return MT5ConnectionError(text, code)
-    if code == -10005:
-        return MT5TimeoutError(text, code)
-    if code in (-2, -4) or (code == -1 and args_fail):
-        return MT5ValidationError(text, code)
-    return MT5ConnectionError(text, code)
+    if code == -6:  # the broker's own wording may echo the login: say it our way
+        description = "authorization refused by the broker"
+    return error_for_code(code, f"{what} failed: {description} ({code})", args_fail=args_fail)
 
 
 def _as_int(value: Any) -> int:

@@ -14,41 +14,37 @@ import pickle
 import time
 from typing import Any, Callable
 
-from mt5d.daemon.config import Config
 from mt5d.errors import MT5InitError
 
-__all__ = ["open_backend", "RpycTerminal"]
+__all__ = ["sim_terminal", "native_module", "RpycTerminal"]
 
 log = logging.getLogger("mt5d.terminal")
 
 
-def open_backend(cfg: Config, *, clock: Callable[[], float] = time.time, password: str | None = None) -> Any:
-    term = cfg.terminal
-    if term.backend == "sim":
-        from mt5d.daemon.terminal.sim import Fault, SimTerminal, default_symbols, synthetic_symbols
+def sim_terminal(*, seed: int, ticks_per_second: float, synthetic_symbols: int = 0,
+                 faults: tuple[tuple[str, float, float], ...] = (), login: int = 10001234,
+                 password: str | None = None, server: str = "MT5Sim-Demo", broker_tz: str = "EET",
+                 clock: Callable[[], float] = time.time, **options: Any) -> Any:
+    """The simulated terminal; ``faults`` are (kind, at, duration) rows."""
+    from mt5d.daemon.terminal.sim import Fault, SimTerminal, default_symbols
+    from mt5d.daemon.terminal.sim import synthetic_symbols as synthetic
 
-        sim = term.sim
-        symbols = list(default_symbols()) + list(synthetic_symbols(sim.synthetic_symbols))
-        return SimTerminal(
-            seed=sim.seed,
-            clock=clock,
-            symbols=symbols,
-            ticks_per_second=sim.ticks_per_second,
-            faults=[Fault(f.kind, f.at, f.duration) for f in sim.faults],
-            login=term.login or 10001234,
-            password=password,
-            server=term.server or "MT5Sim-Demo",
-            broker_tz=sim.broker_tz,
-        )
-    if term.backend == "native":
-        try:
-            import MetaTrader5  # type: ignore[import-not-found]
-        except ImportError:
-            raise MT5InitError(
-                "the MetaTrader5 package is not installed (it runs on Windows or under Wine)", -10003
-            ) from None
-        return MetaTrader5
-    return RpycTerminal(term.rpyc_host, term.rpyc_port, request_timeout=term.operation_timeout + 5.0)
+    return SimTerminal(
+        seed=seed, clock=clock, symbols=list(default_symbols()) + list(synthetic(synthetic_symbols)),
+        ticks_per_second=ticks_per_second, faults=[Fault(*f) for f in faults],
+        login=login, password=password, server=server, broker_tz=broker_tz, **options,
+    )
+
+
+def native_module() -> Any:
+    """The MetaTrader5 package itself (Windows, or a Python under Wine)."""
+    try:
+        import MetaTrader5  # type: ignore[import-not-found]
+    except ImportError:
+        raise MT5InitError(
+            "the MetaTrader5 package is not installed (it runs on Windows or under Wine)", -10003
+        ) from None
+    return MetaTrader5
 
 
 # Runs inside the bridge: call, convert the result to plain data, and send it
@@ -101,35 +97,35 @@ class RpycTerminal:
         self._conn, self._call = conn, conn.namespace["_mt5d_call"]
         self._batch = conn.namespace["_mt5d_batch"]
 
-    def _invoke(self, name: str, args: tuple, kwargs: dict) -> Any:
+    def _round_trip(self, which: str, *args: Any) -> tuple[Any, tuple[int, str] | None]:
+        """One call into the bridge: (unpickled answer, None), or (None, the
+        ``last_error()`` pair the terminal itself gives for a lost IPC link)."""
         try:
             if self._call is None:
                 self._connect()
-            blob = self._call(name, args, tuple(kwargs.items()))
+            blob = (self._call if which == "call" else self._batch)(*args)
         except (OSError, EOFError) as err:
             self._drop()
-            self._last_error = (-10004, f"No IPC connection (bridge: {type(err).__name__})")
-            return None
+            return None, (-10004, f"No IPC connection (bridge: {type(err).__name__})")
         except TimeoutError:
             self._drop()
-            self._last_error = (-10005, "IPC timeout (bridge)")
+            return None, (-10005, "IPC timeout (bridge)")
+        return pickle.loads(bytes(blob)), None
+
+    def _invoke(self, name: str, args: tuple, kwargs: dict) -> Any:
+        answer, lost = self._round_trip("call", name, args, tuple(kwargs.items()))
+        if lost is not None:
+            self._last_error = lost
             return None
-        result, self._last_error = pickle.loads(bytes(blob))
+        result, self._last_error = answer
         return self._local(result)
 
     def batch(self, name: str, arg_tuples: list[tuple]) -> list[tuple[Any, tuple[int, str]]]:
         """Many calls of one function in one round trip: [(result, last_error), ...]."""
-        try:
-            if self._call is None:
-                self._connect()
-            blob = self._batch(name, tuple(arg_tuples))
-        except (OSError, EOFError) as err:
-            self._drop()
-            return [(None, (-10004, f"No IPC connection (bridge: {type(err).__name__})"))] * len(arg_tuples)
-        except TimeoutError:
-            self._drop()
-            return [(None, (-10005, "IPC timeout (bridge)"))] * len(arg_tuples)
-        return [(self._local(r), err) for r, err in pickle.loads(bytes(blob))]
+        answer, lost = self._round_trip("batch", name, tuple(arg_tuples))
+        if lost is not None:
+            return [(None, lost)] * len(arg_tuples)
+        return [(self._local(r), err) for r, err in answer]
 
     def _local(self, result: Any) -> Any:
         if isinstance(result, tuple) and len(result) == 4 and result[0] == "__nt__":

@@ -33,7 +33,7 @@ import nats  # noqa: E402
 
 from mt5d.daemon.natsserver import NatsServer  # noqa: E402
 from mt5d import MT5Client  # noqa: E402
-from mt5d.errors import MT5CircuitBreakerOpen, MT5Error  # noqa: E402
+from mt5d.errors import MT5BusyError, MT5Error  # noqa: E402
 
 ACCOUNT = "bench"
 
@@ -85,7 +85,7 @@ async def phase(client: MT5Client, endpoint: str, concurrency: int, seconds: flo
             try:
                 await call()
                 counts["ok"] += 1
-            except MT5CircuitBreakerOpen:
+            except MT5BusyError:
                 counts["busy"] += 1
             except MT5Error:
                 counts["error"] += 1

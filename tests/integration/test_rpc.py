@@ -25,8 +25,7 @@ import pytest
 from mt5d.actors.prices import PriceCache
 from mt5d.actors.rpc import RpcService
 from mt5d.actors.logic.utc import UtcOffset
-from mt5d.daemon.app import Daemon
-from mt5d.daemon.terminal.backends import open_backend
+from mt5d.daemon.app import Daemon, open_terminal
 from mt5d.daemon.terminal.mt5_constants import TIMEFRAMES
 from mt5d import MT5Client
 from mt5d.codec import Codec
@@ -454,7 +453,7 @@ async def test_slow_history_does_not_hold_up_price_or_its_own_endpoint(nats_url)
     gated: dict[str, GatedTerminal] = {}
 
     def module(cfg):
-        gated["t"] = GatedTerminal(open_backend(cfg))
+        gated["t"] = GatedTerminal(open_terminal(cfg))
         return gated["t"]
 
     async with daemon_client(nats_url, "conc", module=module, terminal={"operation_timeout": 20.0}) as t:
@@ -578,7 +577,7 @@ async def test_busy_is_503_at_once_and_the_deadline_is_504(nats_url):
             t0 = time.perf_counter()
             code, headers, data = await raw(f.nc, f.account, "account", b"")
             assert time.perf_counter() - t0 < 0.5
-            assert_error(code, headers, data, 503, "MT5CircuitBreakerOpen", contains="busy")
+            assert_error(code, headers, data, 503, "MT5BusyError", contains="busy")
             assert f.svc.refused_busy == 1
             # price is answered inline: busy never applies to it
             assert (await f.client.get_price("EURUSD"))["symbol"] == "EURUSD"

@@ -10,6 +10,7 @@ import pytest
 
 from mt5d.codec import Codec
 from mt5d.errors import (
+    MT5BusyError,
     MT5CircuitBreakerOpen,
     MT5ConnectionError,
     MT5DataError,
@@ -144,7 +145,7 @@ def test_unexpected_exception_says_nothing_inside():
 
 def test_bare_micro_error_and_success():
     err = error_from_reply({ERROR_HEADER: "no such thing", ERROR_CODE_HEADER: "503"}, b"")
-    assert isinstance(err, MT5CircuitBreakerOpen) and err.message == "no such thing"
+    assert isinstance(err, MT5BusyError) and err.message == "no such thing"
     assert error_from_reply(None, b"{}") is None
     assert error_from_reply({"Other": "x"}, b"{}") is None
 
