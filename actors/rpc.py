@@ -31,15 +31,22 @@ import anyio
 import msgspec
 import nats.micro
 from anyio.abc import TaskStatus
-
+from mt5d import __version__
 from mt5d.actors.logic.bars import CLOSE_GRACE_S, bar_end, min_bar_seconds
 from mt5d.actors.logic.cursor import TickCursor
 from mt5d.actors.logic.history import candles_from_rates, fetch_ticks, ticks_from_array
+from mt5d.actors.logic.replies import (
+    account_reply,
+    error_response,
+    page_candles,
+    page_ticks,
+    parse_request,
+    symbol_spec,
+)
 from mt5d.actors.logic.utc import UtcOffset
+from mt5d.codec import Codec
 from mt5d.daemon.terminal.api import TerminalApi
 from mt5d.daemon.terminal.mt5_constants import TIMEFRAMES
-from mt5d import __version__
-from mt5d.codec import Codec
 from mt5d.errors import (
     MT5BusyError,
     MT5CircuitBreakerOpen,
@@ -64,12 +71,6 @@ from mt5d.rpc import (
     SymbolsReply,
     TicksReply,
     TicksRequest,
-    account_reply,
-    error_response,
-    page_candles,
-    page_ticks,
-    parse_request,
-    symbol_spec,
 )
 from mt5d.subjects import rpc_group
 
@@ -89,15 +90,6 @@ def _shown(text: str, limit: int = 40) -> str:
     """User input echoed in a message: ASCII repr, cut short."""
     r = ascii(text)
     return r if len(r) <= limit else r[: limit - 3] + "..."
-
-
-def _parse(data: bytes, type):
-    try:
-        return parse_request(data, type)
-    except RecursionError:
-        # msgspec raises RecursionError (not a DecodeError) on deep nesting, e.g. inside
-        # an unknown field it skips; parse_request lets it through.
-        raise MT5ValidationError("malformed request: nested too deeply") from None
 
 
 class RpcService:
@@ -210,7 +202,7 @@ class RpcService:
     async def _accept(self, name: str, req) -> None:
         span = self._tel.rpc(name, req.subject).begin() if self._tel is not None else None
         try:
-            request = _parse(req.data, ENDPOINTS[name][0])
+            request = parse_request(req.data, ENDPOINTS[name][0])
             if name == "price":
                 reply = self._price(request)
                 await self._respond(name, req, self._codec.encode(reply), span)

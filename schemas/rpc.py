@@ -9,17 +9,16 @@ body naming the error class, so the client raises the same class again.
 Bulk replies (candles, ticks) may come in pages: a NATS message is capped by
 the server's ``max_payload`` (1 MiB by default), and 100,000 ticks are ~15 MB
 of JSON. A reply with ``more=True`` says where to continue; ``MT5Client``
-follows it, and ``page_ticks``/``page_candles`` build such replies.
+follows it (the daemon's ``mt5d.actors.logic.replies`` builds such replies).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Mapping, TypeVar
+from typing import Annotated, Mapping, TypeVar
 
 import msgspec
-
-from mt5d.codec import Codec, decode_any
-from mt5d.errors import MT5DataError, MT5Error, MT5ValidationError, error_for_status
+from mt5d.codec import decode_any
+from mt5d.errors import MT5Error, MT5ValidationError, error_for_status
 from mt5d.market import TIMEFRAMES, Candle, HealthEvent, Tick
 
 __all__ = [
@@ -28,8 +27,7 @@ __all__ = [
     "Request", "AccountRequest", "AccountReply", "PriceRequest", "Quote", "PriceReply",
     "CandlesRequest", "CandlesReply", "TicksRequest", "TicksReply", "SymbolsRequest", "SymbolSpec",
     "SymbolsReply", "HealthRequest", "ReconnectRequest", "ReconnectReply", "ErrorReply",
-    "check_timeframe", "parse_request", "validate_request", "error_response", "error_from_reply",
-    "account_reply", "symbol_spec", "page_ticks", "page_candles",
+    "check_timeframe", "validate_request", "error_from_reply",
 ]
 
 MAX_CANDLES = 5000
@@ -110,15 +108,6 @@ class AccountReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 ACCOUNT_INFO_FIELDS: tuple[str, ...] = tuple(f for f in AccountReply.__struct_fields__ if f != "margin_used")
-
-
-def account_reply(info: Any) -> AccountReply:
-    """Daemon side: an ``account_info()`` result (namedtuple or dict) as the reply."""
-    d = dict(info._asdict() if hasattr(info, "_asdict") else info)
-    try:
-        return msgspec.convert({**d, "margin_used": d.get("margin")}, AccountReply, strict=False)
-    except msgspec.ValidationError as err:
-        raise MT5DataError(f"account_info has an unexpected shape: {err}") from None
 
 
 # -- price -----------------------------------------------------------------------
@@ -236,16 +225,6 @@ class SymbolSpec(msgspec.Struct, frozen=True, kw_only=True):
     currency_profit: str = ""
 
 
-def symbol_spec(info: Any) -> SymbolSpec:
-    """Daemon side: a ``symbol_info()`` result (namedtuple or dict) as a SymbolSpec."""
-    d = dict(info._asdict() if hasattr(info, "_asdict") else info)
-    d.setdefault("symbol", d.get("name"))
-    try:
-        return msgspec.convert(d, SymbolSpec, strict=False)
-    except msgspec.ValidationError as err:
-        raise MT5DataError(f"symbol_info has an unexpected shape: {err}") from None
-
-
 class SymbolsReply(msgspec.Struct, frozen=True, kw_only=True):
     symbols: list[SymbolSpec]
 
@@ -274,27 +253,7 @@ ENDPOINTS: dict[str, tuple[type[Request], type]] = {
 }
 
 
-# -- parsing requests ----------------------------------------------------------------
-
-def parse_request(data: bytes, type: type[R]) -> R:
-    """Decode, type-check and ``checked()`` a request body, in either encoding.
-
-    Every problem is an MT5ValidationError whose message names the field
-    (msgspec's ``- at `$.count``` suffix) and never carries a traceback."""
-    if len(data) > MAX_REQUEST_BYTES:
-        raise MT5ValidationError(f"request too large: {len(data)} bytes (at most {MAX_REQUEST_BYTES})")
-    if not bytes(data).strip():
-        data = b"{}"
-    try:
-        req = decode_any(data, type)
-    except msgspec.ValidationError as err:
-        raise MT5ValidationError(f"invalid request: {str(err)[:200]}") from None
-    except msgspec.DecodeError as err:
-        raise MT5ValidationError(f"malformed request: {str(err)[:200]}") from None
-    except RecursionError:  # deep nesting, even inside an unknown field
-        raise MT5ValidationError("malformed request: nested too deeply") from None
-    return req.checked()
-
+# -- checking requests built in code -----------------------------------------------
 
 def validate_request(req: R) -> R:
     """Client side: the checks ``parse_request`` makes, on a request built in code
@@ -325,17 +284,6 @@ class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
         return error_for_status(self.code, self.kind, self.message, self.mt5_code)
 
 
-_JSON = msgspec.json.Encoder()
-
-
-def error_response(err: BaseException) -> tuple[str, str, bytes]:
-    """``(code, description, body)`` for ``await request.respond_error(*error_response(err))``."""
-    reply = ErrorReply.from_error(err)
-    # Header values must stay on one line.
-    description = " ".join(reply.message.split()) or reply.kind
-    return str(reply.code), description, _JSON.encode(reply)
-
-
 def error_from_reply(headers: Mapping[str, str] | None, data: bytes) -> MT5Error | None:
     """Client side: the error a reply carries, or None when it is a success."""
     if not headers or ERROR_CODE_HEADER not in headers:
@@ -347,44 +295,3 @@ def error_from_reply(headers: Mapping[str, str] | None, data: bytes) -> MT5Error
         code = headers[ERROR_CODE_HEADER]
         status = int(code) if code.isdigit() else 500
         return error_for_status(status, "", headers.get(ERROR_HEADER, "") or f"error {code}")
-
-
-# -- paging bulk replies ---------------------------------------------------------------
-
-def _fit(n: int, build: Callable[[int], Any], codec: Codec, max_bytes: int) -> int:
-    """The largest k <= n with len(encode(build(k))) within max_bytes - REPLY_HEADROOM."""
-    budget = max_bytes - REPLY_HEADROOM
-    while True:
-        size = len(codec.encode(build(n)))
-        if size <= budget:
-            return n
-        if n <= 1:
-            raise MT5DataError("a single item does not fit in one NATS message")
-        n = max(1, min(n - 1, int(n * budget / size * 0.95)))  # proportional guess, then verify
-
-
-def page_ticks(req: TicksRequest, ticks: list[Tick], codec: Codec, max_bytes: int) -> TicksReply:
-    """Daemon side: the reply to ``req`` given its full answer ``ticks`` (oldest first,
-    skip and count applied), cut to fit ``max_bytes`` (the connection's max_payload)."""
-    n = _fit(len(ticks), lambda k: TicksReply(ticks=ticks[:k], more=k < len(ticks)), codec, max_bytes)
-    if n == len(ticks):
-        return TicksReply(ticks=ticks)
-    kept = ticks[:n]
-    last = kept[-1].time_utc_ms
-    same = 0
-    for t in reversed(kept):
-        if t.time_utc_ms != last:
-            break
-        same += 1
-    skip = same + (req.skip if last == req.start else 0)
-    return TicksReply(ticks=kept, more=True, next_start=last, next_skip=skip)
-
-
-def page_candles(candles: list[Candle], codec: Codec, max_bytes: int) -> CandlesReply:
-    """Daemon side: like ``page_ticks`` for bars, keeping the newest ones."""
-    total = len(candles)
-    n = _fit(total, lambda k: CandlesReply(candles=candles[total - k:], more=k < total), codec, max_bytes)
-    if n == total:
-        return CandlesReply(candles=candles)
-    kept = candles[total - n:]
-    return CandlesReply(candles=kept, more=True, next_end=kept[0].time_utc_ms - 1)

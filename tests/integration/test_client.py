@@ -12,8 +12,14 @@ import msgspec
 import nats
 import nats.micro
 import pytest
-
 from mt5d import MT5Client, subjects
+from mt5d.actors.logic.replies import (
+    account_reply,
+    error_response,
+    page_candles,
+    page_ticks,
+    parse_request,
+)
 from mt5d.codec import Codec
 from mt5d.errors import (
     MT5CircuitBreakerOpen,
@@ -33,11 +39,6 @@ from mt5d.rpc import (
     SymbolSpec,
     SymbolsReply,
     TicksRequest,
-    account_reply,
-    error_response,
-    page_candles,
-    page_ticks,
-    parse_request,
 )
 
 pytestmark = pytest.mark.anyio

@@ -7,7 +7,14 @@ from collections import namedtuple
 
 import msgspec
 import pytest
-
+from mt5d.actors.logic.replies import (
+    account_reply,
+    error_response,
+    page_candles,
+    page_ticks,
+    parse_request,
+    symbol_spec,
+)
 from mt5d.codec import Codec
 from mt5d.errors import (
     MT5BusyError,
@@ -29,14 +36,8 @@ from mt5d.rpc import (
     CandlesRequest,
     PriceRequest,
     TicksRequest,
-    account_reply,
     check_timeframe,
     error_from_reply,
-    error_response,
-    page_candles,
-    page_ticks,
-    parse_request,
-    symbol_spec,
     validate_request,
 )
 
