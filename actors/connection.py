@@ -33,6 +33,7 @@ from mt5d.errors import (
     MT5TimeoutError,
     MT5ValidationError,
 )
+from mt5d.market import EventKind
 
 __all__ = ["Connection", "ConnStatus", "StateChange", "Credentials", "AuthGaveUp"]
 
@@ -41,6 +42,8 @@ T = TypeVar("T")
 
 
 class ConnStatus(msgspec.Struct, frozen=True):
+    """A read-only snapshot of the connection, for the other actors."""
+
     connected: bool
     auth_ok: bool | None
     breaker: str
@@ -48,12 +51,14 @@ class ConnStatus(msgspec.Struct, frozen=True):
     last_error: str
     generation: int
     retry_after: float | None = None
+    selected: tuple[str, ...] = ()  # the symbols selected at the last connect
+    unknown: frozenset[str] = frozenset()  # configured symbols the terminal refused
 
 
 class StateChange(msgspec.Struct, frozen=True):
     """One state change, for the health actor to publish."""
 
-    event: str
+    event: EventKind
     detail: str = ""
 
 
@@ -111,9 +116,8 @@ class Connection:
         self.thread.on_unwedged = self._note_wedged
         self._max_auth_failures = max_auth_failures
         self._send, self._recv = anyio.create_memory_object_stream[_Request](queue_size)
-        self.login = credentials.login
-        self.selected: tuple[str, ...] = ()
-        self.unknown: set[str] = set()
+        self._selected: tuple[str, ...] = ()
+        self._unknown: frozenset[str] = frozenset()
         self._connected = False
         self._auth_ok: bool | None = None
         self._auth_failures = 0
@@ -138,6 +142,10 @@ class Connection:
         """Forced reconnect (an operator action): shutdown, then connect again."""
         await self.run_call(None)  # type: ignore[arg-type]
 
+    def selected_symbols(self) -> tuple[str, ...]:
+        """The symbols selected at the last connect (safe on the terminal thread too)."""
+        return self._selected
+
     def status(self) -> ConnStatus:
         kind, retry_after = self._gate.describe(anyio.current_time())
         return ConnStatus(
@@ -148,6 +156,8 @@ class Connection:
             last_error=self._last_error,
             generation=self._generation,
             retry_after=retry_after,
+            selected=self._selected,
+            unknown=self._unknown,
         )
 
     # ---- the actor ------------------------------------------------------
@@ -246,15 +256,15 @@ class Connection:
         log.info("connecting", extra={"login": creds.login, "server": creds.server, "path": creds.path or None})
         # The whole sequence gets the connection timeout (plus the symbol selection).
         login, selected, unknown = await self._call(lambda: connect(self._api), self._connection_timeout)
-        self._connected, self.selected = True, selected
+        self._connected, self._selected = True, selected
         self._generation += 1
         if self._auth_ok is not True:
             self._change("auth_ok", f"logged in as {login}")
         self._auth_ok, self._auth_failures = True, 0
         self._change("connected", f"connected to the terminal ({len(selected)} symbols selected)")
         for symbol in unknown:
-            if symbol not in self.unknown:
-                self.unknown.add(symbol)
+            if symbol not in self._unknown:
+                self._unknown |= {symbol}
                 self._change("symbol_unknown", f"symbol {symbol!r} is not offered by the terminal; not streamed",
                              level=logging.ERROR)
 
@@ -296,9 +306,9 @@ class Connection:
         if after != before:
             self._tel.breaker_state(after)
             level = logging.WARNING if after != "closed" else logging.INFO
-            self._change(f"breaker_{after}", f"circuit breaker {before} -> {after}", level=level)
+            self._change(_BREAKER_EVENTS[after], f"circuit breaker {before} -> {after}", level=level)
 
-    def _change(self, event: str, detail: str, *, level: int = logging.INFO, log_it: bool = True) -> None:
+    def _change(self, event: EventKind, detail: str, *, level: int = logging.INFO, log_it: bool = True) -> None:
         if log_it:
             log.log(level, event, extra={"detail": detail})
         try:
@@ -307,6 +317,10 @@ class Connection:
             log.warning("health event queue full; state change not published", extra={"health_event": event})
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
+
+
+_BREAKER_EVENTS: dict[str, EventKind] = {
+    "closed": "breaker_closed", "open": "breaker_open", "half_open": "breaker_half_open"}
 
 
 def probe(api: TerminalApi) -> Any:

@@ -17,11 +17,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from mt5d.actors.connection import Connection, StateChange, probe
 from mt5d.errors import MT5Error
-from mt5d.market import HealthEvent
+from mt5d.market import EventKind, HealthEvent
 
 __all__ = ["Health"]
 
 log = logging.getLogger("mt5d.health")
+
+# State changes after which the last probe no longer vouches for the connection.
+_PROBE_FAILS: frozenset[EventKind] = frozenset({"disconnected", "wedged", "auth_failed", "breaker_open"})
 
 
 class Health:
@@ -66,27 +69,41 @@ class Health:
                 await anyio.sleep(self._interval)
 
     async def probe(self) -> HealthEvent:
-        """A fresh probe: one terminal round trip, timed."""
-        t0 = anyio.current_time()
-        self._latency_ms, self._probe_ok = None, False
-        # Bounded: a terminal call stuck ahead of the probe must not stop health events.
-        with anyio.move_on_after(self._probe_timeout):
-            try:
-                await self._conn.run_call(probe, timeout=self._probe_timeout)
-                self._latency_ms, self._probe_ok = round((anyio.current_time() - t0) * 1000, 3), True
-            except MT5Error:
-                pass
+        """The periodic probe: published, and it feeds the watchdog."""
+        self._latency_ms, self._probe_ok = await self._round_trip()
         event = self._event("probe", "")
         self._emit(event)
         self._feed_watchdog(event)
         return event
 
-    def _event(self, kind: str, detail: str) -> HealthEvent:
+    async def measure(self) -> HealthEvent:
+        """A fresh probe for a requester (the ``health`` endpoint): the event, and
+        nothing else; neither the health stream nor the watchdog sees it."""
+        latency_ms, ok = await self._round_trip()
+        return self._event("probe", "", latency_ms, ok)
+
+    async def _round_trip(self) -> tuple[float | None, bool]:
+        """One terminal round trip, timed: (latency in ms, ok)."""
+        t0 = anyio.current_time()
+        # Bounded: a terminal call stuck ahead of the probe must not stop health events.
+        with anyio.move_on_after(self._probe_timeout):
+            try:
+                await self._conn.run_call(probe, timeout=self._probe_timeout)
+                return round((anyio.current_time() - t0) * 1000, 3), True
+            except MT5Error:
+                pass
+        return None, False
+
+    def _event(self, kind: EventKind, detail: str, latency_ms: float | None = None,
+               probe_ok: bool | None = None) -> HealthEvent:
+        """An event from the connection's snapshot and a probe's outcome (default: the last periodic one)."""
+        if probe_ok is None:
+            latency_ms, probe_ok = self._latency_ms, self._probe_ok
         st = self._conn.status()
         now = anyio.current_time()
         last_tick = self._last_tick_at()
         reference = last_tick if last_tick is not None else self._started_at
-        connection_ok = st.connected and self._probe_ok and not st.wedged
+        connection_ok = st.connected and probe_ok and not st.wedged
         return HealthEvent(
             account=self._account,
             time_utc_ms=int(self._wall() * 1000),
@@ -95,14 +112,14 @@ class Health:
             connection_ok=connection_ok,
             auth_ok=st.auth_ok is True,  # not yet known counts as not ok
             data_feed_ok=connection_ok and now - reference < self._stale_after,
-            latency_ms=self._latency_ms if connection_ok else None,
+            latency_ms=latency_ms if connection_ok else None,
             breaker=st.breaker,
             wedged=st.wedged,
         )
 
     async def _forward_changes(self) -> None:
         async for change in self._changes:
-            if change.event in ("disconnected", "wedged", "auth_failed") or change.event.startswith("breaker_open"):
+            if change.event in _PROBE_FAILS:
                 self._probe_ok = False
             elif change.event == "connected":
                 self._probe_ok = True

@@ -101,7 +101,7 @@ class Poller:
 
     async def cycle(self) -> Batch:
         """One hop to the terminal for every symbol; returns what is new."""
-        symbols = self._conn.selected
+        symbols = self._conn.status().selected
         cursors = {s: self.cursors.get(s) for s in symbols}
         wall = self._wall()
         now_broker_s = int(wall + self.utc.offset_ms / 1000) if self.utc.known else None

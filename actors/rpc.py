@@ -290,12 +290,12 @@ class RpcService:
             self._check_symbol(symbol)
 
     def _known_symbols(self) -> tuple[str, ...]:
-        selected = self._conn.selected
-        if selected:
-            return selected
+        st = self._conn.status()
+        if st.selected:
+            return st.selected
         # Not connected yet: the configured symbols the terminal has not refused
         # (the request then meets the breaker, not a misleading "unknown symbol").
-        return tuple(s for s in self._cfg.stream.symbols if s not in self._conn.unknown)
+        return tuple(s for s in self._cfg.stream.symbols if s not in st.unknown)
 
     def _check_symbol(self, symbol: str) -> None:
         if symbol not in self._known_symbols():
@@ -344,7 +344,8 @@ class RpcService:
 
         def hop(api: TerminalApi):
             out, refused = [], []
-            for symbol in conn.selected:  # read after a (re)connect selected them
+            # Read on the terminal thread, after any (re)connect ahead of this hop selected them.
+            for symbol in conn.selected_symbols():
                 try:
                     out.append((symbol, api.symbol_info(symbol)))
                 except MT5ValidationError:
@@ -361,12 +362,7 @@ class RpcService:
         return SymbolsReply(symbols=specs)
 
     async def _probe(self, req):
-        event = await self._health.probe()
-        if event.auth_ok is None:
-            # Connection.status().auth_ok is None before the first login, but the wire
-            # type (HealthEvent.auth_ok) is a bool: "not known to be ok" is False.
-            event = msgspec.structs.replace(event, auth_ok=False)
-        return event
+        return await self._health.measure()
 
     async def _reconnect(self, req) -> ReconnectReply:
         log.warning("reconnect requested over rpc", extra={"account": self._account})

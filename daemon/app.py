@@ -149,9 +149,9 @@ class Daemon:
                     await tg.start(sup.child, "rpc", self.rpc.run)
                 st = self.conn.status()
                 log.info("mt5d ready", extra={"account": self.account, "breaker": st.breaker,
-                                              "connected": st.connected, "symbols": list(self.conn.selected)})
+                                              "connected": st.connected, "symbols": list(st.selected)})
                 if self.notifier is not None:
-                    self.notifier.ready(f"streaming {len(self.conn.selected)} symbols for {self.account}")
+                    self.notifier.ready(f"streaming {len(st.selected)} symbols for {self.account}")
                 task_status.started()
         finally:
             if self.notifier is not None:

@@ -9,9 +9,12 @@ MT5 reports), ``*_utc_ms`` is true UTC in milliseconds since the epoch.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import msgspec
 
-__all__ = ["Tick", "Candle", "HealthEvent", "TIMEFRAMES", "TIMEFRAME_SECONDS", "BREAKER_STATES"]
+__all__ = ["Tick", "Candle", "HealthEvent", "TIMEFRAMES", "TIMEFRAME_SECONDS", "BREAKER_STATES",
+           "EventKind", "EVENT_KINDS"]
 
 # MT5's standard timeframes, shortest first, and the length of one bar in seconds
 # (MN1: 0, months differ; W1 bars open on Sunday 00:00). The one timeframe table:
@@ -25,6 +28,13 @@ TIMEFRAME_SECONDS: dict[str, int] = {
 TIMEFRAMES: tuple[str, ...] = tuple(TIMEFRAME_SECONDS)
 
 BREAKER_STATES: tuple[str, ...] = ("closed", "open", "half_open")
+
+# What a health event reports: a periodic probe, or a state change of the connection.
+EventKind = Literal[
+    "probe", "connected", "disconnected", "auth_ok", "auth_failed",
+    "breaker_open", "breaker_half_open", "breaker_closed", "wedged", "unwedged", "symbol_unknown",
+]
+EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
 
 class Tick(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -72,8 +82,8 @@ class HealthEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     account: str
     time_utc_ms: int
-    # What happened: "probe", "connected", "disconnected", "auth_failed",
-    # "breaker_open", "breaker_half_open", "wedged", "symbol_unknown", ...
+    # What happened: one of EVENT_KINDS. A plain str on the wire, so a kind added
+    # later does not make older subscribers reject the whole event.
     event: str
     connection_ok: bool
     auth_ok: bool
@@ -84,4 +94,3 @@ class HealthEvent(msgspec.Struct, frozen=True, kw_only=True):
     latency_ms: float | None = None  # last probe round trip; None when it failed
     wedged: bool = False  # a terminal call never returned
     detail: str = ""  # text safe to show; never credentials or tracebacks
-    symbols_stale: tuple[str, ...] = ()  # configured symbols without recent ticks

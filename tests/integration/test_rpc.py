@@ -10,6 +10,7 @@ to end too; raw requests check the error headers and bodies on the wire.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -23,6 +24,7 @@ import nats
 import pytest
 
 from mt5d.actors.prices import PriceCache
+from mt5d.actors.connection import ConnStatus
 from mt5d.actors.rpc import RpcService
 from mt5d.actors.logic.utc import UtcOffset
 from mt5d.daemon.app import Daemon, open_terminal
@@ -485,11 +487,15 @@ async def test_slow_history_does_not_hold_up_price_or_its_own_endpoint(nats_url)
 # -- unit level: a fake connection (500, busy 503, the service's own deadline) -------------------
 
 class FakeConn:
-    selected = ("EURUSD",)
-    unknown: set = set()
-
     def __init__(self, behaviour) -> None:
         self.behaviour = behaviour
+
+    def status(self) -> ConnStatus:
+        return ConnStatus(connected=True, auth_ok=True, breaker="closed", wedged=False, last_error="",
+                          generation=1, selected=("EURUSD",))
+
+    def selected_symbols(self):
+        return ("EURUSD",)
 
     async def run_call(self, fn, *, timeout=None):
         return await self.behaviour()
@@ -503,7 +509,7 @@ FAKE_INFO = {f: 0 for f in ACCOUNT_INFO_FIELDS} | {"name": "n", "server": "s", "
 
 
 class FakeHealth:
-    async def probe(self):
+    async def measure(self):
         raise ZeroDivisionError("secret internal detail /home/x/password.txt")
 
 
@@ -600,3 +606,45 @@ async def test_request_without_reply_subject_is_ignored(nats_url):
         await f.nc.flush()
         assert await f.client.get_leverage() == 30  # the service is up and answered the next one
         assert len(calls) == 2  # the one without a reply subject was worked on, its reply dropped quietly
+
+
+class RecordingNotifier:
+    """The systemd notifier's interface, counting what the daemon tells systemd."""
+
+    def __init__(self) -> None:
+        self.watchdogs = 0
+
+    def ready(self, status: str = "") -> None: ...
+
+    def status(self, line: str) -> None: ...
+
+    def stopping(self) -> None: ...
+
+    def watchdog(self) -> None:
+        self.watchdogs += 1
+
+
+async def test_health_requests_neither_publish_health_events_nor_feed_the_watchdog(nats_url):
+    # The periodic probe runs once at start, then not for an hour: whatever the health
+    # stream and the watchdog see after that would have come from the requests.
+    account = unique_account("hreq")
+    cfg = make_config(nats_url, account, health={"interval": 3600.0},
+                      stream={"symbols": SYMBOLS, "timeframes": ["M1"]})
+    notifier = RecordingNotifier()
+    daemon = Daemon(cfg, notifier=notifier)
+    col = await Collector(account).start(nats_url)
+    nc = await nats.connect(nats_url)
+    try:
+        async with running(daemon):
+            await col.wait_for(lambda: "EURUSD" in col.ticks and col.health, timeout=10, what="a tick and a probe")
+            client = MT5Client(nc, account=account)
+            events, watchdogs = len(col.health), notifier.watchdogs
+            replies = await asyncio.gather(*(client.probe() for _ in range(64)))  # max_in_flight
+            assert all(r["connection"] is True for r in replies)
+            # What the daemon published before its replies is out once later ticks are.
+            seen = len(col.ticks["EURUSD"])
+            await col.wait_for(lambda: len(col.ticks["EURUSD"]) >= seen + 3, timeout=10, what="later ticks")
+            assert len(col.health) == events and notifier.watchdogs == watchdogs
+    finally:
+        await nc.close()
+        await col.close()

@@ -20,7 +20,7 @@ CANDLE = Candle(symbol="#AAPL", timeframe="M15", time_broker=1_700_007_200, time
                 tick_volume=10, spread=2, real_volume=0, closed=False)
 HEALTH = HealthEvent(account="10001234", time_utc_ms=1_700_000_000_000, event="breaker_open",
                      connection_ok=False, auth_ok=True, data_feed_ok=False, latency_ms=None,
-                     breaker="open", wedged=False, detail="3 failures", symbols_stale=("EURUSD",))
+                     breaker="open", wedged=False, detail="3 failures")
 SAMPLES = [TICK, CANDLE, HEALTH, PriceReply(prices={"EURUSD.m": Quote(tick=TICK, age_ms=5)}, missing=["X"]),
            CandlesReply(candles=[CANDLE], more=True, next_end=5), ErrorReply(code=400, kind="K", message="m")]
 
@@ -63,9 +63,9 @@ def test_unknown_fields_are_ignored_and_new_fields_have_defaults():
     assert Codec("json").decode(msgspec.json.encode(newer), Tick) == TICK
     # An older daemon did not send the health fields added later.
     old = {k: v for k, v in msgspec.to_builtins(HEALTH).items()
-           if k not in ("detail", "symbols_stale", "wedged", "latency_ms")}
+           if k not in ("detail", "wedged", "latency_ms")}
     h = decode_any(msgspec.msgpack.encode(old), HealthEvent)
-    assert h.detail == "" and h.symbols_stale == () and h.latency_ms is None
+    assert h.detail == "" and h.latency_ms is None
 
 
 def test_bad_encoding_and_bad_payload():
