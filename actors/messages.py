@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mt5d.market import Candle, HealthEvent, Tick
+from mt5d.market import Candle, Tick
 
-__all__ = ["Batch", "HealthOut"]
+__all__ = ["Batch"]
 
 
 @dataclass(slots=True)
@@ -19,8 +19,3 @@ class Batch:
     # Where capture stands once this batch is out: saved when NATS confirms it.
     cursors: dict = field(default_factory=dict)  # symbol -> TickCursor
     bars: dict = field(default_factory=dict)  # (symbol, timeframe) -> last closed bar time
-
-
-@dataclass(slots=True)
-class HealthOut:
-    event: HealthEvent

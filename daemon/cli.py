@@ -87,7 +87,7 @@ async def _run(cfg, secrets) -> int:
     from mt5d.actors.connection import AuthGaveUp
     from mt5d.daemon.app import Daemon
     from mt5d.daemon.notify import Notifier
-    from mt5d.daemon.supervisor import SupervisorGaveUp
+    from mt5d.daemon.supervisor import SupervisorGaveUp, single_error
 
     notifier = Notifier.from_env()
     try:
@@ -111,9 +111,7 @@ async def _run(cfg, secrets) -> int:
             tg.start_soon(stop_on_signal)
             await daemon.run()
     except BaseException as exc:  # unwrap the task group's group
-        err = exc
-        while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
-            err = err.exceptions[0]
+        err = single_error(exc)
         if isinstance(err, AuthGaveUp):
             log.error("authentication keeps failing; exiting so the broker does not lock the account",
                       extra={"detail": str(err), "exit_code": EX_AUTH})

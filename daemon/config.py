@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from mt5d.daemon.telemetry import TelemetryConfig, telemetry_problems
+from mt5d.actors.logic.breaker import policy_problems
 from mt5d.market import TIMEFRAMES
 
 
@@ -98,10 +99,11 @@ class NatsConfig(_Section):
 
 
 class BreakerConfig(_Section):
-    max_failures: PositiveInt = 3
-    backoff_base_seconds: PositiveFloat = 60.0
-    backoff_max_seconds: PositiveFloat = 600.0
-    jitter: Annotated[float, msgspec.Meta(ge=0, le=0.5)] = 0.1
+    # Checked by the breaker itself (BreakerPolicy.problems), not here: one set of rules.
+    max_failures: int = 3
+    backoff_base_seconds: float = 60.0
+    backoff_max_seconds: float = 600.0
+    jitter: float = 0.1
 
 
 class HealthConfig(_Section):
@@ -215,11 +217,9 @@ def _cross_checks(cfg: Config) -> list[str]:
     off = cfg.stream.server_utc_offset
     if off != "auto" and not _OFFSET.match(off):
         problems.append(f"stream.server_utc_offset: {off!r} (expected \"auto\" or \"+HH:MM\")")
-    if cfg.breaker.backoff_max_seconds < cfg.breaker.backoff_base_seconds:
-        problems.append(
-            f"breaker.backoff_max_seconds: {cfg.breaker.backoff_max_seconds} "
-            f"(expected >= backoff_base_seconds = {cfg.breaker.backoff_base_seconds})"
-        )
+    b = cfg.breaker
+    problems.extend(f"breaker.{p}" for p in policy_problems(
+        b.max_failures, b.backoff_base_seconds, b.backoff_max_seconds, b.jitter))
     if cfg.stream.idle_poll_interval < cfg.stream.poll_interval:
         problems.append("stream.idle_poll_interval: must be >= stream.poll_interval")
     if not re.fullmatch(r"[A-Za-z0-9_-]+", cfg.nats.prefix):

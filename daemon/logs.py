@@ -4,7 +4,7 @@
      "event":"terminal call failed","error":"MT5ConnectionError","code":-10004}
 
 - ``ts`` is ISO-8601 UTC with milliseconds; ``event`` is the log message; every
-  ``extra={...}`` field (or :func:`log_event` keyword) becomes a top-level key.
+  ``extra={...}`` field becomes a top-level key.
   An extra field named like a base key (``ts``, ``level``, ``logger``, ``event``,
   ``exc_type``, ``exc_msg``) is written with a trailing underscore (``event_``).
 - An exception is written as ``exc_type`` and ``exc_msg`` only: no traceback
@@ -41,8 +41,6 @@ __all__ = [
     "Redactor",
     "setup_logging",
     "register_secret",
-    "log_event",
-    "get_logger",
     "MASK",
 ]
 
@@ -53,7 +51,6 @@ _BASE_KEYS = frozenset({"ts", "level", "logger", "event", "exc_type", "exc_msg"}
 _RECORD_ATTRS = frozenset(logging.LogRecord("x", logging.INFO, "x", 0, "x", (), None).__dict__) | {
     "message", "asctime", "taskName",
 }
-_FIELDS = "_mt5d_fields"  # the extra key log_event() uses, so field names never clash with LogRecord's
 _HANDLER_MARK = "_mt5d_handler"
 
 
@@ -147,11 +144,6 @@ class JsonFormatter(logging.Formatter):
             if key in _RECORD_ATTRS or key.startswith("_"):
                 continue
             out[key + "_" if key in _BASE_KEYS else key] = value
-        fields = record.__dict__.get(_FIELDS)
-        if isinstance(fields, Mapping):
-            for key, value in fields.items():
-                key = str(key)
-                out[key + "_" if key in _BASE_KEYS else key] = value
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             out["exc_type"] = type(exc).__qualname__
@@ -240,24 +232,3 @@ def _level(level: str | int) -> int:
     if not isinstance(value, int):
         raise ValueError(f"unknown log level {level!r}")
     return value
-
-
-def get_logger(area: str) -> logging.Logger:
-    """``mt5d.<area>`` for one of :data:`AREAS`."""
-    if area not in AREAS:
-        raise ValueError(f"unknown log area {area!r} (expected one of {', '.join(AREAS)})")
-    return logging.getLogger(f"mt5d.{area}")
-
-
-def log_event(logger: logging.Logger | str, level: str | int, event: str, /, *,
-              exc_info: Any = None, **fields: Any) -> None:
-    """Log ``event`` with ``fields`` as top-level keys.
-
-    Any field name works (``name``, ``msg``, ``args``... would clash with
-    LogRecord's attributes through ``extra=``; here they cannot).
-    """
-    if isinstance(logger, str):
-        logger = logging.getLogger(logger)
-    lvl = _level(level)
-    if logger.isEnabledFor(lvl):
-        logger.log(lvl, event, exc_info=exc_info, extra={_FIELDS: fields}, stacklevel=2)

@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 import anyio
 from anyio.abc import TaskStatus
 
-__all__ = ["Supervisor", "SupervisorGaveUp"]
+__all__ = ["Supervisor", "SupervisorGaveUp", "single_error"]
 
 log = logging.getLogger("mt5d.supervisor")
 
@@ -24,7 +24,7 @@ class SupervisorGaveUp(Exception):
     pass
 
 
-def _single(err: BaseException) -> BaseException:
+def single_error(err: BaseException) -> BaseException:
     """Task groups wrap errors in groups; the actor's own error is inside."""
     while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
         err = err.exceptions[0]
@@ -58,7 +58,7 @@ class Supervisor:
                 log.warning("actor stopped on its own", extra={"actor": name})
                 return
             except Exception as exc:  # cancellation is a BaseException and passes through
-                err = _single(exc)
+                err = single_error(exc)
                 self.alive[name] = False
                 if isinstance(err, self._fatal):
                     raise err from None

@@ -32,7 +32,6 @@ class Codec:
         encoder = self._module.Encoder()
         # Bound methods as attributes: the publisher calls encode once per tick.
         self.encode = encoder.encode
-        self.encode_into = encoder.encode_into  # (obj, bytearray, offset=0): reuse one buffer
         self._decoders: dict[Any, Any] = {}
 
     def __repr__(self) -> str:

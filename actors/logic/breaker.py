@@ -36,6 +36,8 @@ from typing import Callable, Literal, TypeAlias
 
 __all__ = [
     "BreakerPolicy",
+    "policy_problems",
+    "MAX_JITTER",
     "BreakerState",
     "Kind",
     "Request",
@@ -54,6 +56,10 @@ __all__ = [
 Kind: TypeAlias = Literal["closed", "open", "half_open"]
 
 
+# Past this, a breaker could wait less than half its backoff: the spread stays honest.
+MAX_JITTER = 0.5
+
+
 @dataclass(frozen=True)
 class BreakerPolicy:
     max_failures: int = 3
@@ -62,17 +68,27 @@ class BreakerPolicy:
     jitter: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.max_failures < 1:
-            raise ValueError(f"max_failures must be >= 1, got {self.max_failures}")
-        if self.backoff_base_seconds <= 0:
-            raise ValueError(f"backoff_base_seconds must be > 0, got {self.backoff_base_seconds}")
-        if self.backoff_max_seconds < self.backoff_base_seconds:
-            raise ValueError(
-                f"backoff_max_seconds ({self.backoff_max_seconds}) must be >= "
-                f"backoff_base_seconds ({self.backoff_base_seconds})"
-            )
-        if not 0.0 <= self.jitter < 1.0:
-            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
+        problems = policy_problems(self.max_failures, self.backoff_base_seconds, self.backoff_max_seconds,
+                                   self.jitter)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def policy_problems(max_failures: int, backoff_base_seconds: float, backoff_max_seconds: float,
+                    jitter: float) -> list[str]:
+    """What is wrong with these settings, one ``field: value (expected ...)`` each: the
+    one place the breaker's settings are checked (the config lists these too)."""
+    out = []
+    if max_failures < 1:
+        out.append(f"max_failures: {max_failures} (expected >= 1)")
+    if backoff_base_seconds <= 0:
+        out.append(f"backoff_base_seconds: {backoff_base_seconds} (expected > 0)")
+    if backoff_max_seconds < backoff_base_seconds:
+        out.append(f"backoff_max_seconds: {backoff_max_seconds} "
+                   f"(expected >= backoff_base_seconds = {backoff_base_seconds})")
+    if not 0.0 <= jitter <= MAX_JITTER:
+        out.append(f"jitter: {jitter} (expected 0 to {MAX_JITTER})")
+    return out
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,3 @@ class UtcOffset:
             return False
         self.offset_ms, self.known = estimate, True
         return True
-
-    def to_utc_ms(self, broker_ms: int) -> int:
-        return broker_ms - self.offset_ms

@@ -90,9 +90,6 @@ class TerminalApi:
         else:
             self._check(self._mt5.initialize(**kwargs), "initialize")
 
-    def login(self, login: int, password: str, server: str, timeout_ms: int) -> None:
-        self._check(self._mt5.login(login, password=password, server=server, timeout=timeout_ms), "login")
-
     def shutdown(self) -> None:
         self._mt5.shutdown()
 

@@ -67,3 +67,13 @@ def test_check_config_exits_78_with_one_line_per_problem(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "mt5d.daemon.cli", "check-config", "--config", str(ROOT / "config.toml")],
                         capture_output=True, text=True, cwd=ROOT)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_breaker_settings_are_checked_by_the_breakers_own_rules_and_all_listed():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"breaker": {"max_failures": 0, "backoff_base_seconds": 60, "backoff_max_seconds": 30,
+                                  "jitter": 0.7}}, env={})
+    problems = err.value.problems
+    assert any(p.startswith("breaker.max_failures: 0") for p in problems)
+    assert any(p.startswith("breaker.backoff_max_seconds: 30") for p in problems)
+    assert any(p.startswith("breaker.jitter: 0.7") for p in problems)

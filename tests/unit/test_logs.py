@@ -13,7 +13,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from mt5d.daemon.logs import AREAS, JsonFormatter, Redactor, get_logger, log_event, register_secret, setup_logging
+from mt5d.daemon.logs import AREAS, JsonFormatter, Redactor, register_secret, setup_logging
 from mt5d.daemon.secrets import Secret
 from mt5d.errors import MT5AuthError
 
@@ -78,21 +78,10 @@ def test_one_object_per_line_even_with_newlines(capture):
     assert lines()[0]["event"] == "two\nlines"
 
 
-def test_log_event_helper(capture):
-    _, _, lines = capture
-    # Field names that would clash with LogRecord attributes through extra= work here.
-    log_event("mt5d.poller", "info", "batch", name="EURUSD", msg="m", args=3, module="x", count=5)
-    log_event(get_logger("health"), logging.DEBUG, "50% done")
-    a, b = lines()
-    assert a["event"] == "batch" and a["logger"] == "mt5d.poller" and a["level"] == "INFO"
-    assert (a["name"], a["msg"], a["args"], a["module"], a["count"]) == ("EURUSD", "m", 3, "x", 5)
-    assert b["event"] == "50% done" and b["level"] == "DEBUG"
-
-
 def test_colliding_field_names_get_an_underscore(capture):
     _, _, lines = capture
     logging.getLogger("mt5d.health").warning("queue full", extra={"event": "auth_failed"})
-    log_event("mt5d.health", "INFO", "x", level="custom", ts=1, logger="l")
+    logging.getLogger("mt5d.health").info("x", extra={"level": "custom", "ts": 1, "logger": "l"})
     a, b = lines()
     assert a["event"] == "queue full" and a["event_"] == "auth_failed"
     assert (b["level"], b["level_"], b["ts_"], b["logger_"]) == ("INFO", "custom", 1, "l")
@@ -129,10 +118,10 @@ def test_values_msgspec_cannot_encode_become_text(capture):
         def __str__(self):
             return "weird!"
 
-    log_event("mt5d.supervisor", "INFO", "values",
-              secret=Secret("s3cr3t-value"), creds=Creds(1, Secret("s3cr3t-value")),
-              n=np.float64(1.5), i=np.int32(7), weird=Weird(), err=ValueError("bad"),
-              keys={(1, 2): "tuple key"})
+    logging.getLogger("mt5d.supervisor").info("values", extra=dict(
+        secret=Secret("s3cr3t-value"), creds=Creds(1, Secret("s3cr3t-value")),
+        n=np.float64(1.5), i=np.int32(7), weird=Weird(), err=ValueError("bad"),
+        keys={(1, 2): "tuple key"}))
     [line] = lines()
     assert line["secret"] == "********"
     assert line["creds"] == {"login": 1, "password": "********"}
@@ -175,7 +164,7 @@ def test_registered_password_never_appears(capture):
         raise RuntimeError(f"broker said: bad password {PASSWORD!r} for 123")
     except RuntimeError:
         log.exception("failed")  # in an exception message
-    log_event(log, "ERROR", "auth", detail=f"pw={PASSWORD}", error=MT5AuthError(f"bad {PASSWORD}"))
+    log.error("auth", extra={"detail": f"pw={PASSWORD}", "error": MT5AuthError(f"bad {PASSWORD}")})
     log.info("key", extra={PASSWORD: 1})  # even as a key
     log.info("payload", extra={"body": json.dumps({"password": PASSWORD})})  # JSON (ASCII-escaped) in a str
     text = stream.getvalue()
@@ -256,9 +245,6 @@ def test_unknown_level_and_area_refused():
     with pytest.raises(ValueError):
         setup_logging("INFO", {"poller": "CHATTY"}, stream=io.StringIO())
     assert logging.getLogger().handlers == before  # nothing half-installed
-    with pytest.raises(ValueError):
-        get_logger("nope")
-    assert [get_logger(a).name for a in AREAS] == [f"mt5d.{a}" for a in AREAS]
 
 
 def test_module_register_secret_uses_the_installed_handler(capture):

@@ -51,12 +51,6 @@ def test_json_is_readable_and_named():
     assert TICK.time_broker == 1_700_007_200
 
 
-def test_encode_into_reuses_a_buffer():
-    codec, buf = Codec("msgpack"), bytearray()
-    codec.encode_into(TICK, buf)
-    assert codec.decode(bytes(buf), Tick) == TICK
-
-
 def test_unknown_fields_are_ignored_and_new_fields_have_defaults():
     # A newer daemon added a field: an older subscriber still decodes.
     newer = {**msgspec.to_builtins(TICK), "future_field": [1, 2]}
