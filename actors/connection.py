@@ -3,6 +3,8 @@
 Every terminal call in the process comes here as a request on a bounded
 channel and runs on the terminal thread, behind the circuit breaker and a
 timeout. The actor (re)connects when needed, selects the streamed symbols,
+opens their depth of market (``market_book_add``, at every connect, since a
+terminal session drops the subscriptions; released when the actor stops),
 counts failures, and turns every state change into one log line and one
 ``StateChange`` for the health actor (which publishes it on NATS).
 """
@@ -53,6 +55,7 @@ class ConnStatus(msgspec.Struct, frozen=True):
     retry_after: float | None = None
     selected: tuple[str, ...] = ()  # the symbols selected at the last connect
     unknown: frozenset[str] = frozenset()  # configured symbols the terminal refused
+    books: tuple[str, ...] = ()  # the symbols whose depth of market is open (market_book_add)
 
 
 class StateChange(msgspec.Struct, frozen=True):
@@ -102,8 +105,12 @@ class Connection:
         rand: Callable[[], float] = random.random,
         queue_size: int = 64,
         telemetry: Telemetry | None = None,
+        books: tuple[str, ...] = (),
     ) -> None:
         self._tel = telemetry or Telemetry.disabled()
+        self._book_symbols = tuple(books)
+        self._books: tuple[str, ...] = ()  # whose book is open (market_book_add succeeded)
+        self._books_refused: set[str] = set()
         self._api = self._tel.instrument(TerminalApi(module))  # terminal_call per function
         self._module = module
         self._creds = credentials
@@ -158,6 +165,7 @@ class Connection:
             retry_after=retry_after,
             selected=self._selected,
             unknown=self._unknown,
+            books=self._books,
         )
 
     # ---- the actor ------------------------------------------------------
@@ -168,18 +176,26 @@ class Connection:
                 await self._guarded(None, None, first=True)
             except MT5Error:
                 pass  # recorded; the breaker state is known, so we are "up"
+        elif self._book_symbols and not self._books:
+            try:  # restarted by the supervisor while connected: the books were released on the way out
+                await self._open_books()
+            except MT5Error:
+                pass
         task_status.started()
-        async for req in self._recv:
-            try:
-                outcome = (await self._guarded(req.fn, req.timeout), None)
-            except MT5Error as err:
-                outcome = (None, err)
-            try:
-                req.reply.send_nowait(outcome)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass  # the requester gave up (cancelled); nothing to do
-            finally:
-                req.reply.close()
+        try:
+            async for req in self._recv:
+                try:
+                    outcome = (await self._guarded(req.fn, req.timeout), None)
+                except MT5Error as err:
+                    outcome = (None, err)
+                try:
+                    req.reply.send_nowait(outcome)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass  # the requester gave up (cancelled); nothing to do
+                finally:
+                    req.reply.close()
+        finally:
+            await self._release_books()
 
     async def _guarded(self, fn, timeout, *, first: bool = False) -> Any:
         now = anyio.current_time()
@@ -251,12 +267,13 @@ class Connection:
                     selected.append(symbol)
                 except MT5ValidationError:
                     unknown.append(symbol)
-            return account.login, tuple(selected), unknown
+            return account.login, tuple(selected), unknown, self._book_add(api, selected)
 
         log.info("connecting", extra={"login": creds.login, "server": creds.server, "path": creds.path or None})
         # The whole sequence gets the connection timeout (plus the symbol selection).
-        login, selected, unknown = await self._call(lambda: connect(self._api), self._connection_timeout)
+        login, selected, unknown, books = await self._call(lambda: connect(self._api), self._connection_timeout)
         self._connected, self._selected = True, selected
+        self._note_books(*books)
         self._generation += 1
         if self._auth_ok is not True:
             self._change("auth_ok", f"logged in as {login}")
@@ -267,6 +284,50 @@ class Connection:
                 self._unknown |= {symbol}
                 self._change("symbol_unknown", f"symbol {symbol!r} is not offered by the terminal; not streamed",
                              level=logging.ERROR)
+
+    # ---- depth of market ---------------------------------------------------
+    def _book_add(self, api: TerminalApi, selected) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
+        """On the terminal thread: market_book_add for the book symbols; (opened, refused with why)."""
+        opened, refused = [], []
+        for symbol in self._book_symbols:
+            if symbol not in selected:
+                continue
+            try:
+                api.market_book_add(symbol)
+                opened.append(symbol)
+            except MT5ValidationError as err:
+                refused.append((symbol, err.message))
+        return tuple(opened), refused
+
+    def _note_books(self, opened: tuple[str, ...], refused: list[tuple[str, str]]) -> None:
+        self._books = opened
+        for symbol, why in refused:
+            if symbol not in self._books_refused:
+                self._books_refused.add(symbol)
+                self._change("book_unavailable", f"no depth of market for {symbol!r}: {why}", level=logging.ERROR)
+
+    async def _open_books(self) -> None:
+        selected = self._selected
+        self._note_books(*await self._call(lambda: self._book_add(self._api, selected), self._operation_timeout))
+
+    async def _release_books(self) -> None:
+        """On stop: market_book_release for every open book (best effort, never blocking the stop for long)."""
+        books, self._books = self._books, ()
+        if not books or not self._connected or self.thread.wedged:
+            return
+
+        def release(api: TerminalApi) -> None:
+            for symbol in books:
+                try:
+                    api.market_book_release(symbol)
+                except MT5ValidationError:
+                    pass  # not open any more (the session changed): nothing to release
+
+        with anyio.move_on_after(self._operation_timeout, shield=True):
+            try:
+                await self.thread.call(lambda: release(self._api), self._operation_timeout)
+            except MT5Error:
+                pass
 
     async def _disconnect(self, why: str) -> None:
         if self._connected:

@@ -19,3 +19,4 @@ class Batch:
     # Where capture stands once this batch is out: saved when NATS confirms it.
     cursors: dict = field(default_factory=dict)  # symbol -> TickCursor
     bars: dict = field(default_factory=dict)  # (symbol, timeframe) -> last closed bar time
+    books: list = field(default_factory=list)  # mt5d.book.Book snapshots that changed

@@ -19,6 +19,7 @@ import numpy as np
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
+from mt5d.actors.books import Books, read_books
 from mt5d.actors.logic.bars import CandleTracker, bar_end, bar_start
 from mt5d.actors.logic.history import candles_from_rates, ticks_from_array
 from mt5d.actors.connection import Connection
@@ -54,7 +55,9 @@ class Poller:
         forming_interval: float = 0.0,
         telemetry: Telemetry | None = None,
         resume: tuple[dict, dict] = ({}, {}),
+        books: Books | None = None,
     ) -> None:
+        self._books = books  # depth of market: read in the same hop (actors/books.py)
         self._tel = telemetry or Telemetry.disabled()
         self._conn = conn
         self._timeframes = timeframes
@@ -91,7 +94,7 @@ class Poller:
                 batch = None
             else:
                 self._tel.poll_cycle(time.perf_counter() - t0)
-            if batch is not None and (batch.ticks or batch.candles or batch.forming):
+            if batch is not None and (batch.ticks or batch.candles or batch.forming or batch.books):
                 await self._out.send(batch)
             if batch is not None and batch.ticks:
                 quiet_since = anyio.current_time()
@@ -114,12 +117,17 @@ class Poller:
         new_trackers = [(s, tf) for s in symbols for tf in self._timeframes
                         if (s, tf) not in self.trackers and self._newest_s.get(s)]
         forming = self._forming_due(symbols) if self._forming_interval else []
+        book_symbols = self._books.due(self._conn.status().books, anyio.current_time()) if self._books else []
 
         def hop(api: TerminalApi):
-            return collect(api, cursors, due, new_trackers, forming, now_broker_s)
+            return (collect(api, cursors, due, new_trackers, forming, now_broker_s),
+                    read_books(api, book_symbols) if book_symbols else None)
 
-        ticks_by_symbol, bars, new_bars, forming_bars, bad = await self._conn.run_call(hop)
-        return self._absorb(ticks_by_symbol, bars, new_bars, forming_bars, bad, wall)
+        (ticks_by_symbol, bars, new_bars, forming_bars, bad), book_reads = await self._conn.run_call(hop)
+        batch = self._absorb(ticks_by_symbol, bars, new_bars, forming_bars, bad, wall)
+        if book_reads:
+            batch.books = self._books.absorb(book_reads, self.utc)
+        return batch
 
     def _forming_due(self, symbols) -> list[tuple[str, str]]:
         now = anyio.current_time()

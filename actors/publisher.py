@@ -133,6 +133,8 @@ class Publisher:
             msgs.append((subj.candle(c.symbol, c.timeframe), enc(c), hdr))
         for c in batch.forming:
             msgs.append((subj.candle_forming(c.symbol, c.timeframe), enc(c), None))
+        for b in batch.books:
+            msgs.append((subj.book(b.symbol), enc(b), None))
         return msgs
 
     async def _send(self, msgs) -> bool:

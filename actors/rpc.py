@@ -9,9 +9,9 @@ waits on the terminal: it parses and checks the request (cheap, answered at
 once when invalid), then hands the work to a task of the service's own task
 group and returns. At most ``rpc.max_in_flight`` requests are being worked on;
 past that a request is refused at once with 503 "busy" instead of queueing
-without bound. ``price`` is answered inline from the poller's cache (no
-terminal round trip, no await but the reply), so it is never stuck behind
-history requests. Everything that needs the terminal goes through
+without bound. ``price`` and ``book`` are answered inline from the poller's
+caches (no terminal round trip, no await but the reply), so they are never
+stuck behind history requests. Everything that needs the terminal goes through
 ``Connection.run_call`` (the one terminal thread, behind the breaker).
 
 Errors: an ``MT5Error`` becomes its status (validation 400, breaker open or
@@ -41,7 +41,9 @@ from mt5d.actors.logic.replies import (
     page_candles,
     page_ticks,
     parse_request,
+    symbol_info_reply,
     symbol_spec,
+    terminal_info_reply,
 )
 from mt5d.actors.logic.utc import UtcOffset
 from mt5d.codec import Codec
@@ -62,6 +64,9 @@ from mt5d.rpc import (
     MAX_CANDLES,
     REPLY_HEADROOM,
     AccountReply,
+    BookQuote,
+    BookReply,
+    BookRequest,
     CandlesReply,
     CandlesRequest,
     PriceReply,
@@ -71,6 +76,8 @@ from mt5d.rpc import (
     SymbolsReply,
     TicksReply,
     TicksRequest,
+    SymbolInfo,
+    TerminalInfo,
 )
 from mt5d.subjects import rpc_group
 
@@ -109,7 +116,9 @@ class RpcService:
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,  # the PriceCache's clock
         telemetry=None,  # daemon.telemetry.Telemetry: a span and a count per request (None: off)
+        books=None,  # actors.books.Books: the newest book per symbol (None: no books streamed)
     ) -> None:
+        self._books = books
         self._nc = nc
         self._cfg = cfg
         self._account = account
@@ -138,6 +147,8 @@ class RpcService:
             "symbols": self._symbols,
             "health": self._probe,
             "reconnect": self._reconnect,
+            "symbol": self._symbol_info,
+            "terminal": self._terminal_info,
         }
 
     # ---- the actor ------------------------------------------------------
@@ -203,8 +214,8 @@ class RpcService:
         span = self._tel.rpc(name, req.subject).begin() if self._tel is not None else None
         try:
             request = parse_request(req.data, ENDPOINTS[name][0])
-            if name == "price":
-                reply = self._price(request)
+            if name in ("price", "book"):
+                reply = self._price(request) if name == "price" else self._book(request)
                 await self._respond(name, req, self._codec.encode(reply), span)
                 return
             self._precheck(request)
@@ -334,6 +345,29 @@ class RpcService:
             tick, received = hit
             prices[symbol] = Quote(tick=tick, age_ms=max(0, int((now - received) * 1000)))
         return PriceReply(prices=prices, missing=missing)
+
+    def _book(self, req: BookRequest) -> BookReply:
+        streamed = self._books.symbols if self._books is not None else ()
+        if req.symbol is not None and req.symbol not in streamed:
+            raise MT5ValidationError(f"unknown symbol {_shown(req.symbol)}: not one of the books this daemon streams")
+        now = self._mono()
+        books: dict[str, BookQuote] = {}
+        missing: list[str] = []
+        for symbol in dict.fromkeys(req.wanted):
+            hit = self._books.get(symbol) if self._books is not None else None
+            if hit is None:
+                missing.append(symbol)
+                continue
+            book, received = hit
+            books[symbol] = BookQuote(book=book, age_ms=max(0, int((now - received) * 1000)))
+        return BookReply(books=books, missing=missing)
+
+    async def _symbol_info(self, req) -> SymbolInfo:
+        symbol = req.symbol
+        return symbol_info_reply(await self._conn.run_call(lambda api: api.symbol_info(symbol)))
+
+    async def _terminal_info(self, req) -> TerminalInfo:
+        return terminal_info_reply(await self._conn.run_call(lambda api: api.terminal_info()))
 
     async def _account_info(self, req) -> AccountReply:
         info = await self._conn.run_call(lambda api: api.account_info())

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import anyio
 
 from mt5d.actors.logic.breaker import BreakerPolicy
+from mt5d.actors.books import Books
 from mt5d.actors.connection import AuthGaveUp, Connection, Credentials, StateChange
 from mt5d.actors.health import Health
 from mt5d.actors.messages import Batch
@@ -43,7 +44,8 @@ def open_terminal(cfg: Config, *, clock: Callable[[], float] = time.time, passwo
         return sim_terminal(
             seed=sim.seed, ticks_per_second=sim.ticks_per_second, synthetic_symbols=sim.synthetic_symbols,
             faults=tuple((f.kind, f.at, f.duration) for f in sim.faults), login=term.login or 10001234,
-            password=password, server=term.server or "MT5Sim-Demo", broker_tz=sim.broker_tz, clock=clock)
+            password=password, server=term.server or "MT5Sim-Demo", broker_tz=sim.broker_tz, clock=clock,
+            book_depth=dict(sim.book_depth))
     if term.backend == "native":
         return native_module()
     return RpycTerminal(term.rpyc_host, term.rpyc_port, request_timeout=term.operation_timeout + 5.0)
@@ -72,6 +74,7 @@ class Daemon:
             self.telemetry = Telemetry.from_config(cfg.telemetry, account=self.account, prefix=cfg.nats.prefix)
         self.codec = Codec(cfg.nats.encoding)
         self.prices = PriceCache()
+        self.books = Books(cfg.stream.books, cfg.stream.book_interval)
         self.supervisor = Supervisor(max_restarts=cfg.supervisor.max_restarts, window=cfg.supervisor.restart_window,
                                      fatal=(AuthGaveUp,))
         self._changes_send, self._changes_recv = anyio.create_memory_object_stream[StateChange](256)
@@ -90,6 +93,7 @@ class Daemon:
             events=self._changes_send,
             max_auth_failures=cfg.terminal.auth_retries,
             telemetry=self.telemetry,
+            books=cfg.stream.books,
         )
         off = cfg.stream.server_utc_offset
         state_dir = cfg.stream.state_dir or os.environ.get("STATE_DIRECTORY", "").split(":")[0]
@@ -102,6 +106,7 @@ class Daemon:
             poll_interval=cfg.stream.poll_interval, idle_interval=cfg.stream.idle_poll_interval,
             wall_clock=self.wall_clock, forming_interval=cfg.stream.forming_interval, telemetry=self.telemetry,
             resume=self.state.load() if self.state else ({}, {}),
+            books=self.books if cfg.stream.books else None,
         )
         self.health = Health(
             conn=self.conn, account=self.account, changes=self._changes_recv, out=self._health_send,
@@ -145,7 +150,7 @@ class Daemon:
                     self.rpc = RpcService(nc=self.nc, cfg=cfg, account=self.account, conn=self.conn,
                                           prices=self.prices, health=self.health, codec=self.codec,
                                           utc=self.poller.utc, wall_clock=self.wall_clock,
-                                          telemetry=self.telemetry)
+                                          telemetry=self.telemetry, books=self.books)
                     await tg.start(sup.child, "rpc", self.rpc.run)
                 st = self.conn.status()
                 log.info("mt5d ready", extra={"account": self.account, "breaker": st.breaker,

@@ -44,6 +44,8 @@ class SimConfig(_Section):
     ticks_per_second: NonNegFloat = 4.0
     broker_tz: str = "EET"
     faults: tuple[FaultConfig, ...] = ()
+    # Depth of market levels per side, per symbol (0: no book), over the catalogue's own.
+    book_depth: dict[str, Annotated[int, msgspec.Meta(ge=0, le=64)]] = {}
 
 
 class TerminalConfig(_Section):
@@ -77,6 +79,10 @@ class StreamConfig(_Section):
     # resume_max_gap seconds is not replayed.
     state_dir: str = ""
     resume_max_gap: PositiveFloat = 600.0
+    # Depth of market: these symbols' books on <prefix>.<account>.book.<symbol>
+    # (each one of `symbols`), when they changed, at most every book_interval seconds.
+    books: tuple[str, ...] = ()
+    book_interval: NonNegFloat = 0.1
 
 
 class NatsConfig(_Section):
@@ -214,6 +220,9 @@ def _cross_checks(cfg: Config) -> list[str]:
             problems.append(f"stream.timeframes: {tf!r} is not a timeframe (expected one of {', '.join(TIMEFRAMES)})")
     if not cfg.stream.symbols:
         problems.append("stream.symbols: empty (expected at least one symbol)")
+    for symbol in cfg.stream.books:
+        if symbol not in cfg.stream.symbols:
+            problems.append(f"stream.books: {symbol!r} is not in stream.symbols (a book needs its symbol's quotes)")
     off = cfg.stream.server_utc_offset
     if off != "auto" and not _OFFSET.match(off):
         problems.append(f"stream.server_utc_offset: {off!r} (expected \"auto\" or \"+HH:MM\")")

@@ -10,7 +10,8 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-from mt5d import codec, errors, rpc, subjects
+from mt5d import book, codec, errors, rpc, subjects
+from mt5d.book import Book, BookLevel
 from mt5d.client import MT5Client, Stream
 from mt5d.codec import Codec, decode_any
 from mt5d.errors import (
@@ -34,6 +35,9 @@ __all__ = [
     "Candle",
     "HealthEvent",
     "TIMEFRAMES",
+    "Book",
+    "BookLevel",
+    "book",
     "subjects",
     "Subjects",
     "codec",

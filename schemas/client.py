@@ -22,6 +22,7 @@ from typing import Any, Generic, Iterable, TypeVar
 import msgspec
 import nats.errors
 
+from mt5d.book import Book
 from mt5d.codec import Codec, Encoding, decode_any
 from mt5d.errors import MT5ConnectionError, MT5DataError, MT5TimeoutError, MT5ValidationError
 from mt5d.market import Candle, HealthEvent, Tick
@@ -40,6 +41,11 @@ from mt5d.rpc import (
     SymbolsReply,
     TicksReply,
     TicksRequest,
+    BookReply,
+    BookRequest,
+    SymbolInfo,
+    SymbolRequest,
+    TerminalInfo,
     error_from_reply,
     validate_request,
 )
@@ -311,3 +317,35 @@ class MT5Client:
 
     def health_events(self) -> Stream[HealthEvent]:
         return Stream(self._nc, [self.subjects.health()], HealthEvent, self._queue_size)
+
+    # -- depth of market, symbol specification, terminal state -------------------------
+    # (structs with MT5's field names, read like the package's own results: ``.volume_min``)
+
+    async def get_book(self, symbol: str) -> Book:
+        """The newest depth of market of ``symbol`` (one of the daemon's ``stream.books``)."""
+        reply = await self.call("book", BookRequest(symbol=symbol), BookReply)
+        quote = reply.books.get(symbol)
+        if quote is None:
+            raise MT5ValidationError(f"no book known for {symbol!r} yet")
+        return quote.book
+
+    async def get_books(self, symbols: Iterable[str]) -> dict[str, Book]:
+        """symbol -> newest book; symbols without a known book are left out."""
+        reply = await self.call("book", BookRequest(symbols=list(symbols)), BookReply)
+        return {s: q.book for s, q in reply.books.items()}
+
+    async def get_symbol(self, symbol: str) -> SymbolInfo:
+        """Every ``symbol_info()`` field of any symbol the terminal offers."""
+        return await self.call("symbol", SymbolRequest(symbol=symbol), SymbolInfo)
+
+    async def get_terminal(self) -> TerminalInfo:
+        """``terminal_info()``: connected, trade_allowed, ping_last, build, ... (no paths)."""
+        return await self.call("terminal", None, TerminalInfo)
+
+    def books(self, symbols: str | Iterable[str] | None = None) -> Stream[Book]:
+        """Depth-of-market snapshots of ``symbols`` (each time one changed), or of every book when None."""
+        if symbols is None:
+            subjects = [self.subjects.all_books()]
+        else:
+            subjects = [self.subjects.book(s) for s in ([symbols] if isinstance(symbols, str) else symbols)]
+        return Stream(self._nc, subjects, Book, self._queue_size)

@@ -33,6 +33,7 @@ BREAKER_STATES: tuple[str, ...] = ("closed", "open", "half_open")
 EventKind = Literal[
     "probe", "connected", "disconnected", "auth_ok", "auth_failed",
     "breaker_open", "breaker_half_open", "breaker_closed", "wedged", "unwedged", "symbol_unknown",
+    "book_unavailable",
 ]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 

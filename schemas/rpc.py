@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Annotated, Mapping, TypeVar
 
 import msgspec
+from mt5d.book import Book
 from mt5d.codec import decode_any
 from mt5d.errors import MT5Error, MT5ValidationError, error_for_status
 from mt5d.market import TIMEFRAMES, Candle, HealthEvent, Tick
@@ -28,6 +29,8 @@ __all__ = [
     "CandlesRequest", "CandlesReply", "TicksRequest", "TicksReply", "SymbolsRequest", "SymbolSpec",
     "SymbolsReply", "HealthRequest", "ReconnectRequest", "ReconnectReply", "ErrorReply",
     "check_timeframe", "validate_request", "error_from_reply",
+    "BookRequest", "BookQuote", "BookReply", "SymbolRequest", "SymbolInfo",
+    "TerminalRequest", "TerminalInfo", "TERMINAL_INFO_HIDDEN",
 ]
 
 MAX_CANDLES = 5000
@@ -241,6 +244,160 @@ class ReconnectReply(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
 
 
+# -- depth of market, symbol specification, terminal state ------------------------------
+
+class BookRequest(PriceRequest):
+    """``symbol`` or ``symbols`` (of ``stream.books``), not both; answered from the daemon's cache."""
+
+
+class BookQuote(msgspec.Struct, frozen=True, kw_only=True):
+    book: Book  # the newest book the daemon published
+    age_ms: int  # how long ago the daemon read it
+
+
+class BookReply(msgspec.Struct, frozen=True, kw_only=True):
+    books: dict[str, BookQuote]  # raw symbol -> book
+    missing: list[str] = []  # asked for, but no book known
+
+
+class SymbolRequest(Request):
+    symbol: Symbol  # any symbol the terminal offers (not only the streamed ones)
+
+
+class SymbolInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Every field of MT5's ``symbol_info()``, in its order, with its meaning (MQL5 SYMBOL_* properties):
+    prices and ``time`` on the broker clock as the terminal reports them."""
+
+    custom: bool
+    chart_mode: int
+    select: bool
+    visible: bool
+    session_deals: int
+    session_buy_orders: int
+    session_sell_orders: int
+    volume: int
+    volumehigh: int
+    volumelow: int
+    time: int
+    digits: int
+    spread: int
+    spread_float: bool
+    ticks_bookdepth: int
+    trade_calc_mode: int
+    trade_mode: int
+    start_time: int
+    expiration_time: int
+    trade_stops_level: int
+    trade_freeze_level: int
+    trade_exemode: int
+    swap_mode: int
+    swap_rollover3days: int
+    margin_hedged_use_leg: bool
+    expiration_mode: int
+    filling_mode: int
+    order_mode: int
+    order_gtc_mode: int
+    option_mode: int
+    option_right: int
+    bid: float
+    bidhigh: float
+    bidlow: float
+    ask: float
+    askhigh: float
+    asklow: float
+    last: float
+    lasthigh: float
+    lastlow: float
+    volume_real: float
+    volumehigh_real: float
+    volumelow_real: float
+    option_strike: float
+    point: float
+    trade_tick_value: float
+    trade_tick_value_profit: float
+    trade_tick_value_loss: float
+    trade_tick_size: float
+    trade_contract_size: float
+    trade_accrued_interest: float
+    trade_face_value: float
+    trade_liquidity_rate: float
+    volume_min: float
+    volume_max: float
+    volume_step: float
+    volume_limit: float
+    swap_long: float
+    swap_short: float
+    margin_initial: float
+    margin_maintenance: float
+    session_volume: float
+    session_turnover: float
+    session_interest: float
+    session_buy_orders_volume: float
+    session_sell_orders_volume: float
+    session_open: float
+    session_close: float
+    session_aw: float
+    session_price_settlement: float
+    session_price_limit_min: float
+    session_price_limit_max: float
+    margin_hedged: float
+    price_change: float
+    price_volatility: float
+    price_theoretical: float
+    price_greeks_delta: float
+    price_greeks_theta: float
+    price_greeks_gamma: float
+    price_greeks_vega: float
+    price_greeks_rho: float
+    price_greeks_omega: float
+    price_sensitivity: float
+    basis: str
+    category: str
+    currency_base: str
+    currency_profit: str
+    currency_margin: str
+    bank: str
+    description: str
+    exchange: str
+    formula: str
+    isin: str
+    name: str
+    page: str
+    path: str
+
+
+class TerminalRequest(Request):
+    pass
+
+
+class TerminalInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """MT5's ``terminal_info()`` without what describes the host or another account: the
+    install and data paths (``path``, ``data_path``, ``commondata_path``) and the MQL5.community
+    balance (``community_balance``) stay in the daemon."""
+
+    community_account: bool
+    community_connection: bool
+    connected: bool  # to the trade server
+    dlls_allowed: bool
+    trade_allowed: bool  # the terminal's "Algo Trading" button
+    tradeapi_disabled: bool
+    email_enabled: bool
+    ftp_enabled: bool
+    notifications_enabled: bool
+    mqid: bool
+    build: int
+    maxbars: int
+    codepage: int
+    ping_last: int  # last ping to the trade server, microseconds
+    retransmission: float  # % of resent TCP packets
+    company: str
+    name: str
+    language: str
+
+
+TERMINAL_INFO_HIDDEN: tuple[str, ...] = ("community_balance", "path", "data_path", "commondata_path")
+
+
 # name -> (request type, reply type): lets the service register endpoints in a loop.
 ENDPOINTS: dict[str, tuple[type[Request], type]] = {
     "account": (AccountRequest, AccountReply),
@@ -250,6 +407,9 @@ ENDPOINTS: dict[str, tuple[type[Request], type]] = {
     "symbols": (SymbolsRequest, SymbolsReply),
     "health": (HealthRequest, HealthEvent),
     "reconnect": (ReconnectRequest, ReconnectReply),
+    "book": (BookRequest, BookReply),
+    "symbol": (SymbolRequest, SymbolInfo),
+    "terminal": (TerminalRequest, TerminalInfo),
 }
 
 

@@ -5,6 +5,7 @@
     <prefix>.<account>.candle_forming.<symbol>.<timeframe>
     <prefix>.<account>.health
     <prefix>.<account>.rpc.<endpoint>
+    <prefix>.<account>.book.<symbol>
 
 NATS has no escaping of its own: ``EURUSD.m`` would become two tokens and a
 ``tick.*`` subscriber would never see it. So the symbol (and the account, which
@@ -34,6 +35,8 @@ __all__ = [
     "all_candles",
     "all_candles_forming",
     "all_health",
+    "book",
+    "all_books",
     "everything",
     "parse",
     "Parsed",
@@ -112,6 +115,7 @@ GRAMMAR: dict[str, tuple[str, ...]] = {
     "candle_forming": ("symbol", "timeframe"),
     "health": (),
     "rpc": ("endpoint",),
+    "book": ("symbol",),
 }
 
 
@@ -179,6 +183,9 @@ class Subjects:
     def rpc(self, endpoint: str) -> str:
         return self.build("rpc", endpoint)
 
+    def book(self, symbol: str) -> str:
+        return self.build("book", symbol)
+
     def rpc_group(self) -> str:
         return f"{self._base}.rpc"
 
@@ -190,6 +197,9 @@ class Subjects:
 
     def all_candles_forming(self, timeframe: str = "*") -> str:
         return self.all("candle_forming", "*", timeframe)
+
+    def all_books(self) -> str:
+        return self.all("book")
 
     def all(self, kind: str, *values: str) -> str:
         """A pattern for ``kind``: tokens not given are ``*``."""
@@ -240,6 +250,14 @@ def all_candles(prefix: str = DEFAULT_PREFIX, account: str | int = "*", timefram
 
 def all_candles_forming(prefix: str = DEFAULT_PREFIX, account: str | int = "*", timeframe: str = "*") -> str:
     return Subjects(prefix, account, wildcard=True).all_candles_forming(timeframe)
+
+
+def book(prefix: str, account: str | int, symbol: str) -> str:
+    return Subjects(prefix, account).book(symbol)
+
+
+def all_books(prefix: str = DEFAULT_PREFIX, account: str | int = "*") -> str:
+    return Subjects(prefix, account, wildcard=True).all_books()
 
 
 def all_health(prefix: str = DEFAULT_PREFIX, account: str | int = "*") -> str:

@@ -18,12 +18,16 @@ from mt5d.rpc import (
     CandlesReply,
     ErrorReply,
     Request,
+    TERMINAL_INFO_HIDDEN,
+    SymbolInfo,
     SymbolSpec,
+    TerminalInfo,
     TicksReply,
     TicksRequest,
 )
 
-__all__ = ["parse_request", "error_response", "account_reply", "symbol_spec", "page_ticks", "page_candles"]
+__all__ = ["parse_request", "error_response", "account_reply", "symbol_spec", "page_ticks", "page_candles",
+           "symbol_info_reply", "terminal_info_reply"]
 
 R = TypeVar("R", bound=Request)
 
@@ -76,6 +80,26 @@ def symbol_spec(info: Any) -> SymbolSpec:
         return msgspec.convert(d, SymbolSpec, strict=False)
     except msgspec.ValidationError as err:
         raise MT5DataError(f"symbol_info has an unexpected shape: {err}") from None
+
+
+def symbol_info_reply(info: Any) -> SymbolInfo:
+    """A ``symbol_info()`` result (namedtuple or dict) as the reply."""
+    d = dict(info._asdict() if hasattr(info, "_asdict") else info)
+    try:
+        return msgspec.convert(d, SymbolInfo, strict=False)
+    except msgspec.ValidationError as err:
+        raise MT5DataError(f"symbol_info has an unexpected shape: {err}") from None
+
+
+def terminal_info_reply(info: Any) -> TerminalInfo:
+    """A ``terminal_info()`` result as the reply, the hidden fields left out."""
+    d = dict(info._asdict() if hasattr(info, "_asdict") else info)
+    for name in TERMINAL_INFO_HIDDEN:
+        d.pop(name, None)
+    try:
+        return msgspec.convert(d, TerminalInfo, strict=False)
+    except msgspec.ValidationError as err:
+        raise MT5DataError(f"terminal_info has an unexpected shape: {err}") from None
 
 
 def _fit(n: int, build: Callable[[int], Any], codec: Codec, max_bytes: int) -> int:

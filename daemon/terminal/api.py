@@ -109,6 +109,17 @@ class TerminalApi:
     def symbol_info_tick(self, symbol: str):
         return self._check(self._mt5.symbol_info_tick(symbol), f"symbol_info_tick({symbol})")
 
+    # depth of market ----------------------------------------------------
+    def market_book_add(self, symbol: str) -> None:
+        self._check(self._mt5.market_book_add(symbol), f"market_book_add({symbol})", args_fail=True)
+
+    def market_book_get(self, symbol: str) -> tuple:
+        book = self._check(self._mt5.market_book_get(symbol), f"market_book_get({symbol})", args_fail=True)
+        return _checked_book(book, symbol)
+
+    def market_book_release(self, symbol: str) -> None:
+        self._check(self._mt5.market_book_release(symbol), f"market_book_release({symbol})", args_fail=True)
+
     # history ----------------------------------------------------------
     def copy_ticks_from(self, symbol: str, from_sec: int, count: int, flags: int = -1) -> np.ndarray:
         arr = self._check(self._mt5.copy_ticks_from(symbol, _as_int(from_sec), count, flags),
@@ -157,7 +168,21 @@ def _checked_rates(arr: Any, symbol: str) -> np.ndarray:
     return arr
 
 
+def _checked_book(book: Any, symbol: str) -> tuple:
+    """A tuple of (type, price, volume, volume_dbl) entries with finite prices."""
+    try:
+        book = tuple(book)
+        for entry in book:
+            kind, price, _volume, volume_dbl = entry
+            if not (math.isfinite(float(price)) and math.isfinite(float(volume_dbl))) or int(kind) not in (1, 2, 3, 4):
+                raise ValueError
+    except (TypeError, ValueError):
+        raise MT5DataError(f"book for {symbol}: unexpected result", 0) from None
+    return book
+
+
 _BATCH_CHECKS = {
+    "market_book_get": _checked_book,
     "copy_ticks_from": _checked_ticks,
     "copy_ticks_range": _checked_ticks,
     "copy_rates_from_pos": _checked_rates,

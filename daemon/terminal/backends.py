@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import pickle
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 from mt5d.errors import MT5InitError
@@ -24,13 +25,17 @@ log = logging.getLogger("mt5d.terminal")
 def sim_terminal(*, seed: int, ticks_per_second: float, synthetic_symbols: int = 0,
                  faults: tuple[tuple[str, float, float], ...] = (), login: int = 10001234,
                  password: str | None = None, server: str = "MT5Sim-Demo", broker_tz: str = "EET",
-                 clock: Callable[[], float] = time.time, **options: Any) -> Any:
+                 clock: Callable[[], float] = time.time, book_depth: dict[str, int] | None = None,
+                 **options: Any) -> Any:
     """The simulated terminal; ``faults`` are (kind, at, duration) rows."""
     from mt5d.daemon.terminal.sim import Fault, SimTerminal, default_symbols
     from mt5d.daemon.terminal.sim import synthetic_symbols as synthetic
 
+    symbols = list(default_symbols()) + list(synthetic(synthetic_symbols))
+    if book_depth:  # levels per side, per symbol, over the catalogue's own
+        symbols = [replace(s, book_depth=book_depth[s.name]) if s.name in book_depth else s for s in symbols]
     return SimTerminal(
-        seed=seed, clock=clock, symbols=list(default_symbols()) + list(synthetic(synthetic_symbols)),
+        seed=seed, clock=clock, symbols=symbols,
         ticks_per_second=ticks_per_second, faults=[Fault(*f) for f in faults],
         login=login, password=password, server=server, broker_tz=broker_tz, **options,
     )
@@ -58,6 +63,9 @@ def _mt5d_one(name, args, kwargs=()):
     if hasattr(res, "_asdict"):
         d = res._asdict()
         res = ("__nt__", type(res).__name__, tuple(d), tuple(d.values()))
+    elif type(res) is tuple and res and hasattr(res[0], "_asdict"):  # e.g. a book: BookInfo entries
+        d = res[0]._asdict()
+        res = ("__nts__", type(res[0]).__name__, tuple(d), tuple(tuple(r) for r in res))
     return res, tuple(_mt5.last_error())
 def _mt5d_call(name, args, kwargs):
     return _p.dumps(_mt5d_one(name, args, kwargs), protocol=4)
@@ -128,12 +136,12 @@ class RpycTerminal:
         return [(self._local(r), err) for r, err in answer]
 
     def _local(self, result: Any) -> Any:
-        if isinstance(result, tuple) and len(result) == 4 and result[0] == "__nt__":
-            _, typename, fields, values = result
+        if isinstance(result, tuple) and len(result) == 4 and result[0] in ("__nt__", "__nts__"):
+            kind, typename, fields, values = result
             cls = self._types.get((typename, fields))
             if cls is None:
                 cls = self._types[(typename, fields)] = collections.namedtuple(typename, fields)
-            result = cls(*values)
+            result = cls(*values) if kind == "__nt__" else tuple(cls(*v) for v in values)
         return result
 
     def _drop(self) -> None:

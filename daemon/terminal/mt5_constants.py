@@ -358,4 +358,7 @@ TerminalInfo = namedtuple("TerminalInfo", (
     "data_path commondata_path"
 ).split())
 
-__all__ = [n for n in dir() if n.isupper() or n in ("Tick", "SymbolInfo", "AccountInfo", "TerminalInfo")]
+# One depth-of-market entry (market_book_get returns a tuple of them).
+BookInfo = namedtuple("BookInfo", "type price volume volume_dbl")
+
+__all__ = [n for n in dir() if n.isupper() or n in ("Tick", "SymbolInfo", "AccountInfo", "TerminalInfo", "BookInfo")]

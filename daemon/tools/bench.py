@@ -11,7 +11,11 @@ subscriber in this process receiving what it publishes:
 - realistic: 50 symbols, 10,000 ticks/s in all, 10 ms poll: CPU % (and the
   daemon's own share, without the time inside terminal calls), latency from a
   tick's time in the terminal to its receipt, RSS;
-- idle: 50 symbols, no ticks, 10 ms poll: CPU %;
+- idle: 50 symbols (10 of them with a book), no ticks, 10 ms poll: CPU %;
+- books: 10 symbols with a 10-level book each, 10 ticks/s (so 10 book
+  changes/s) per symbol, 100 ms throttle, 10 ms poll: CPU % with and without
+  the books and books/s reaching a subscriber; and (with the call costs) the
+  book part of one poll cycle in µs;
 - completeness: ticks received vs the terminal's history over the run, across
   a scripted disconnect and a nats-server restart (judged by a JetStream
   stream on the tick subjects), next to a naive ``symbol_info_tick`` loop.
@@ -102,14 +106,16 @@ class Child:
         return msgspec.json.decode(out.strip().splitlines()[-1])
 
 
-def _config(url: str, *, tps: float, poll: float, symbols: int = SYMBOLS_50, faults=(), msg_id=False) -> dict:
+def _config(url: str, *, tps: float, poll: float, symbols: int = SYMBOLS_50, faults=(), msg_id=False,
+            books: int = 0) -> dict:
     from mt5d.daemon.terminal.sim import synthetic_symbols
 
     names = [s.name for s in synthetic_symbols(symbols)]
     return {
         "terminal": {"backend": "sim", "login": 1, "sim": {
             "seed": 7, "synthetic_symbols": symbols, "ticks_per_second": tps, "faults": list(faults)}},
-        "stream": {"symbols": names, "timeframes": ["M1"], "poll_interval": poll, "idle_poll_interval": max(poll, 0.25)},
+        "stream": {"symbols": names, "timeframes": ["M1"], "poll_interval": poll, "idle_poll_interval": max(poll, 0.25),
+                   "books": names[:books], "book_interval": 0.1},
         "nats": {"url": url, "account": ACCOUNT, "msg_id": msg_id},
         "health": {"interval": 1.0},
         "breaker": {"max_failures": 2, "backoff_base_seconds": 1.0, "backoff_max_seconds": 4.0},
@@ -232,7 +238,7 @@ async def phase_realistic(url: str, seconds: float, *, soak: float = 0.0) -> dic
 
 
 async def phase_idle(url: str, seconds: float) -> dict:
-    child = Child(_config(url, tps=0.0, poll=0.01))
+    child = Child(_config(url, tps=0.0, poll=0.01, books=BOOK_SYMBOLS))
     await anyio.sleep(2.0)
     stats0 = _proc_cpu(child.proc.pid)
     t0 = time.perf_counter()
@@ -241,6 +247,30 @@ async def phase_idle(url: str, seconds: float) -> dict:
     dt = time.perf_counter() - t0
     child.stop()
     return {"idle_cpu_pct": round(cpu / dt * 100, 2)}
+
+
+BOOK_SYMBOLS = 10
+
+
+async def phase_books(url: str, seconds: float) -> dict:
+    """10 symbols at 10 ticks/s each, with and without their books: CPU % and books/s received."""
+    rx = await Receiver().start(url, f"mt5.{ACCOUNT}.book.>")
+    out = {}
+    for books in (BOOK_SYMBOLS, 0):
+        child = Child(_config(url, tps=10.0, poll=0.01, symbols=BOOK_SYMBOLS, books=books))
+        await anyio.sleep(2.0)
+        n0, cpu0, t0 = rx.count, _proc_cpu(child.proc.pid), time.perf_counter()
+        await anyio.sleep(seconds)
+        cpu, dt = _proc_cpu(child.proc.pid) - cpu0, time.perf_counter() - t0
+        n = rx.count - n0
+        child.stop()
+        key = "books" if books else "nobooks"
+        out[f"{key}_cpu_pct"] = round(cpu / dt * 100, 2)
+        if books:
+            out["books_per_s"] = round(n / dt, 1)
+    await rx.nc.close()
+    out["books_extra_cpu_pct"] = round(out["books_cpu_pct"] - out["nobooks_cpu_pct"], 2)
+    return out
 
 
 def _proc_cpu(pid: int) -> float:
@@ -357,7 +387,9 @@ class _NaiveLoop:
 # ---- terminal call costs ------------------------------------------------------------
 def phase_calls(calls: int = 2000) -> dict:
     """One terminal call (symbol_info_tick) and one 50-symbol poll cycle, per backend."""
+    from mt5d.actors.books import Books, read_books
     from mt5d.actors.logic.cursor import TickCursor
+    from mt5d.actors.logic.utc import UtcOffset
     from mt5d.actors.poller import collect
     from mt5d.daemon.terminal.api import TerminalApi
     from mt5d.daemon.terminal.backends import RpycTerminal
@@ -366,11 +398,14 @@ def phase_calls(calls: int = 2000) -> dict:
     names = [s.name for s in synthetic_symbols(SYMBOLS_50)]
     opts = dict(seed=7, ticks_per_second=200.0, synthetic_symbols=SYMBOLS_50)
 
-    def measure(module) -> tuple[float, float]:
+    def measure(module) -> tuple[float, float, float]:
         api = TerminalApi(module)
         api.initialize(path=None, login=None, password=None, server=None, timeout_ms=5000)
         for name in names:
             api.symbol_select(name, True)
+        book_names = names[:BOOK_SYMBOLS]
+        for name in book_names:
+            api.market_book_add(name)
         t0 = time.perf_counter()
         for _ in range(calls):
             api.symbol_info_tick(names[0])
@@ -383,11 +418,22 @@ def phase_calls(calls: int = 2000) -> dict:
             cursors.update({n: c for n, (_, c, _) in ticks.items()})
             time.sleep(0.01)  # a 10 ms poll interval: each cycle finds ~2 new ticks per symbol
         per_cycle = (time.perf_counter() - t0) / cycles - 0.01
-        return per_call, per_cycle
+        # The book part of a cycle: read 10 books (the hop) and turn the changed ones into messages.
+        books, utc = Books(tuple(book_names), 0.1), UtcOffset(7200)
+        spent = 0.0
+        for i in range(cycles):
+            t0 = time.perf_counter()
+            due = books.due(book_names, round(i * 0.01, 6))  # a 10 ms poll: each book read every 10th cycle
+            if due:
+                books.absorb(read_books(api, due), utc)
+            spent += time.perf_counter() - t0
+            time.sleep(0.01)
+        return per_call, per_cycle, spent / cycles
 
     out = {}
+    # 200 ticks/s on the 50 poll symbols; the 10 book symbols' books change with their ticks.
     sim = SimTerminal(seed=7, ticks_per_second=200.0, symbols=list(synthetic_symbols(SYMBOLS_50)), clock=time.time)
-    out["sim_call_us"], out["sim_cycle50_us"] = (round(v * 1e6, 1) for v in measure(sim))
+    out["sim_call_us"], out["sim_cycle50_us"], out["sim_books10_us"] = (round(v * 1e6, 1) for v in measure(sim))
     try:
         from mt5d.daemon.tools.rpyc_bridge import RpycBridge
 
@@ -396,7 +442,8 @@ def phase_calls(calls: int = 2000) -> dict:
         return out  # rpyc not installed (the rpyc extra)
     try:
         remote = RpycTerminal("127.0.0.1", bridge.port, request_timeout=30.0)
-        out["rpyc_call_us"], out["rpyc_cycle50_us"] = (round(v * 1e6, 1) for v in measure(remote))
+        out["rpyc_call_us"], out["rpyc_cycle50_us"], out["rpyc_books10_us"] = (
+            round(v * 1e6, 1) for v in measure(remote))
     finally:
         bridge.stop()
     return out
@@ -412,6 +459,7 @@ async def run_bench(quick: bool, soak: float) -> dict:
             results.update(await phase_saturation(server.url, 15 * scale))
             results.update(await phase_realistic(server.url, 30 * scale, soak=soak))
             results.update(await phase_idle(server.url, 20 * scale))
+            results.update(await phase_books(server.url, 15 * scale))
             results.update(await phase_completeness(server, 30 * scale))
             results.update(phase_calls(500 if quick else 2000))
         finally:
@@ -432,7 +480,12 @@ def _table(r: dict) -> str:
         ("latency p50 / p99 / p99.9 ms (p99 target <= 12)",
          f'{r["latency_p50_ms"]} / {r["latency_p99_ms"]} / {r["latency_p999_ms"]}'),
         ("RSS MB / growth % (target < 5)", f'{r["rss_mb"]} / {r["rss_growth_pct"]} over {r["rss_window_s"]} s'),
-        ("idle: CPU % (target <= 2)", r["idle_cpu_pct"]),
+        ("idle: CPU % (10 of 50 symbols with books; target <= 2)", r["idle_cpu_pct"]),
+        ("books: 10 symbols x 10 changes/s, CPU % with / without books",
+         f'{r["books_cpu_pct"]} / {r["nobooks_cpu_pct"]} (+{r["books_extra_cpu_pct"]})'),
+        ("books: books/s to a subscriber (throttle 100 ms: <= 100)", r["books_per_s"]),
+        ("book part of a poll cycle µs (10 books): sim / rpyc",
+         f'{r["sim_books10_us"]} / {r.get("rpyc_books10_us", "-")}'),
         ("completeness (target 1.0, exact order)", f'{r["completeness"]} ({r["completeness_exact_order"]}, '
                                                    f'{r["completeness_ticks"]} ticks)'),
         ("naive symbol_info_tick loop completeness", r["naive_completeness"]),

@@ -29,7 +29,7 @@ from nats.errors import Error as NatsError
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "ops" / "nats-server.conf"
 ACCOUNT = "12345678"
-RPC = ("price", "candles", "ticks", "symbols", "health", "account", "reconnect")
+RPC = ("price", "candles", "ticks", "symbols", "health", "account", "reconnect", "book", "symbol", "terminal")
 WAIT = 10.0  # upper bound on waits for events that should come at once (never a sleep)
 
 
@@ -157,6 +157,9 @@ PUBLISH = [
     ("mt5d", f"mt5.{ACCOUNT}.candle.EURUSD.M1", True),
     ("mt5d", f"mt5.{ACCOUNT}.candle_forming.EURUSD.M1", True),
     ("mt5d", f"mt5.{ACCOUNT}.health", True),
+    ("mt5d", f"mt5.{ACCOUNT}.book.EURUSD", True),
+    ("reader", f"mt5.{ACCOUNT}.book.EURUSD", False),
+    ("operator", f"mt5.{ACCOUNT}.book.EURUSD", False),
     ("reader", f"mt5.{ACCOUNT}.tick.EURUSD", False),
     ("reader", f"mt5.{ACCOUNT}.candle.EURUSD.M1", False),
     ("reader", f"mt5.{ACCOUNT}.candle_forming.EURUSD.M1", False),
@@ -204,6 +207,12 @@ REQUEST = [
     ("reader", "health", True),
     ("reader", "account", False),
     ("reader", "reconnect", False),
+    ("reader", "book", True),
+    ("reader", "symbol", True),
+    ("reader", "terminal", True),
+    ("operator", "book", True),
+    ("operator", "symbol", True),
+    ("operator", "terminal", True),
     ("operator", "price", True),
     ("operator", "health", True),
     ("operator", "account", True),
@@ -269,6 +278,9 @@ SUBSCRIBE = [
     ("reader", f"mt5.{ACCOUNT}.tick.>", "mt5d", f"mt5.{ACCOUNT}.health", True),
     ("reader", "mt5.*.candle.EURUSD.M1", "mt5d", f"mt5.{ACCOUNT}.health", True),
     ("reader", f"mt5.{ACCOUNT}.candle_forming.EURUSD.M1", "mt5d", f"mt5.{ACCOUNT}.health", True),
+    ("reader", f"mt5.{ACCOUNT}.book.EURUSD", "mt5d", f"mt5.{ACCOUNT}.health", True),
+    ("reader", "mt5.*.book.*", "mt5d", f"mt5.{ACCOUNT}.health", True),
+    ("operator", f"mt5.{ACCOUNT}.book.=23AAPL", "mt5d", f"mt5.{ACCOUNT}.health", True),
     ("reader", f"mt5.{ACCOUNT}.rpc.account", "mt5d", f"mt5.{ACCOUNT}.health", False),
     ("reader", f"mt5.{ACCOUNT}.rpc.price", "mt5d", f"mt5.{ACCOUNT}.health", False),
     ("reader", "mt5.>", "mt5d", f"mt5.{ACCOUNT}.health", False),

@@ -48,6 +48,7 @@ from tests.integration.helpers import Collector, make_config, running, unique_ac
 pytestmark = pytest.mark.anyio
 
 SYMBOLS = ["EURUSD", "GBPUSD", "EURUSD.m"]
+BOOKS = ["EURUSD", "EURUSD.m"]
 ERROR_KINDS = {"MT5ValidationError", "MT5CircuitBreakerOpen", "MT5TimeoutError", "MT5ConnectionError",
                "MT5DataError", "MT5InitError", "MT5AuthError", "MT5StateError"}
 MAX_EXAMPLES = 200
@@ -99,6 +100,7 @@ VALID = {
     "price": {"symbols": SYMBOLS},
     "candles": {"symbol": "EURUSD", "timeframe": "M15", "count": 20},
     "ticks": {"symbol": "EURUSD", "start": now_ms - 120_000, "end": now_ms, "count": 500},
+    "book": {"symbols": BOOKS}, "symbol": {"symbol": "EURUSD"}, "terminal": {},
 }
 
 
@@ -139,7 +141,7 @@ PAYLOADS = st.one_of(
 @pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 async def test_hostile_payloads_get_clean_replies_and_streaming_goes_on(nats_url):
     account = unique_account("fuzz")
-    cfg = make_config(nats_url, account, stream={"symbols": SYMBOLS, "timeframes": ["M1"]},
+    cfg = make_config(nats_url, account, stream={"symbols": SYMBOLS, "timeframes": ["M1"], "books": BOOKS},
                       terminal={"sim": {"ticks_per_second": 20.0}})
     daemon = Daemon(cfg)
     col = await Collector(account).start(nats_url)
@@ -200,6 +202,11 @@ async def test_hostile_payloads_get_clean_replies_and_streaming_goes_on(nats_url
             assert (await client.get_account_info())["login"] == 10001234
             assert len(await client.get_candles("EURUSD", "M1", 10)) == 10
             assert (await client.probe())["connection"] is True
+            assert (await client.get_book("EURUSD")).symbol == "EURUSD"
+            assert (await client.get_symbol("GBPUSD")).name == "GBPUSD"
+            assert (await client.get_terminal()).connected
+            with pytest.raises(MT5ValidationError):
+                await client.get_symbol("NOPE")
             with pytest.raises(MT5ValidationError):
                 await client.get_candles("EURUSD", "M7", 10)
 

@@ -126,7 +126,8 @@ def test_check_timeframe():
 
 
 def test_endpoints_table():
-    assert set(ENDPOINTS) == {"account", "price", "candles", "ticks", "symbols", "health", "reconnect"}
+    assert set(ENDPOINTS) == {"account", "price", "candles", "ticks", "symbols", "health", "reconnect",
+                              "book", "symbol", "terminal"}
 
 
 @pytest.mark.parametrize("err", [MT5ValidationError("bad symbol"), MT5CircuitBreakerOpen("breaker open", 0),

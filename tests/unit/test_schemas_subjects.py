@@ -62,6 +62,7 @@ def test_builders():
     assert S.candle("mt5", "demo", "#AAPL", "M15") == "mt5.demo.candle.=23AAPL.M15"
     assert S.candle_forming("mt5", "demo", "EURUSD", "H1") == "mt5.demo.candle_forming.EURUSD.H1"
     assert S.health("mt5", "demo") == "mt5.demo.health"
+    assert S.book("mt5", "demo", "#AAPL") == "mt5.demo.book.=23AAPL"
     assert S.rpc("mt5", "demo", "candles") == "mt5.demo.rpc.candles"
     assert S.rpc_group("prod.mt5", "demo") == "prod.mt5.demo.rpc"
     # an alias with a dot is one token too
@@ -75,6 +76,7 @@ def test_wildcards():
     assert S.all_candles("x", "a") == "x.a.candle.*.*"
     assert S.all_candles_forming() == "mt5.*.candle_forming.*.*"
     assert S.all_health() == "mt5.*.health"
+    assert S.all_books() == "mt5.*.book.*" and S.all_books("mt5", 7) == "mt5.7.book.*"
     assert S.everything("mt5", "a") == "mt5.a.>"
 
 
@@ -103,6 +105,8 @@ def test_subjects_class_matches_functions_and_caches():
     assert sub.candle("#AAPL", "M15") == S.candle("mt5", 10001234, "#AAPL", "M15")
     assert sub.candle_forming("#AAPL", "M15") == S.candle_forming("mt5", 10001234, "#AAPL", "M15")
     assert sub.health() == S.health("mt5", 10001234)
+    assert sub.book("EURUSD.m") == S.book("mt5", 10001234, "EURUSD.m") and sub.book("X") is sub.book("X")
+    assert sub.all_books() == "mt5.10001234.book.*"
     assert sub.rpc("account") == S.rpc("mt5", 10001234, "account")
     assert sub.rpc_group() == "mt5.10001234.rpc"
     assert sub.all_ticks() == "mt5.10001234.tick.*"
@@ -119,11 +123,13 @@ def test_parse_inverts_builders(symbol, tf, account):
     assert sub.parse(sub.candle(symbol, tf)) == S.Parsed(account, "candle", symbol, tf)
     assert sub.parse(sub.candle_forming(symbol, tf)) == S.Parsed(account, "candle_forming", symbol, tf)
     assert sub.parse(sub.health()) == S.Parsed(account, "health")
+    assert sub.parse(sub.book(symbol)) == S.Parsed(account, "book", symbol)
     assert sub.parse(sub.rpc("ticks")) == S.Parsed(account, "rpc", endpoint="ticks")
 
 
 @pytest.mark.parametrize("subject", ["other.a.tick.X", "mt5.a.tick", "mt5.a.tick.X.M1", "mt5.a.bogus.X",
-                                     "mt5.a.candle.X.M7", "mt5.a.health.x"])
+                                     "mt5.a.candle.X.M7", "mt5.a.health.x", "mt5.a.book",
+                                     "mt5.a.book.X.Y"])
 def test_parse_refuses_foreign_subjects(subject):
     with pytest.raises(ValueError):
         S.parse(subject)

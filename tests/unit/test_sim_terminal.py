@@ -144,7 +144,7 @@ def test_error_codes_follow_the_package():
     assert sim.copy_ticks_from("EURUSD", "yesterday", 10, -1) is None and sim.last_error() == (-2, "Invalid arguments")
     assert sim.order_send({"action": 1}) is None
     assert sim.last_error() == (-7, "Terminal: Unsupported function")
-    assert sim.market_book_add("EURUSD") is False
+    assert sim.market_book_get("EURUSD") is None and sim.last_error() == (-1, "Terminal: Call failed")  # not added
     assert sim.orders_total() == 0 and sim.positions_total() == 0
     assert sim.orders_get() == () and sim.positions_get(symbol="EURUSD") == ()
     assert sim.last_error() == OK

@@ -35,7 +35,8 @@ copy_rates_from_pos start_pos beyond history/maxbars   None         (-1, 'Termin
 copy_rates_range / copy_rates_from: nothing in range   empty array  (1, 'Success')
 symbol_select(unknown)                                 False        (-1, 'Terminal: Call failed')
 initialize/login: wrong login, password or server      False        (-6, 'Terminal: Authorization failed')
-order_send, order_check, order_calc_*, market_book_*   None/False   (-7, 'Terminal: Unsupported function')
+order_send, order_check, order_calc_*                 None/False   (-7, 'Terminal: Unsupported function')
+market_book_*                                          see sim/book.py (its own table)
 =====================================================  ===========  ===================================================
 
 Codes come from the real package (``RES_E_*``) and the descriptions are the
@@ -52,7 +53,8 @@ that never ticked (ticks_per_second=0) gives an all-zero Tick; symbol_info of a
 symbol outside Market Watch works but carries no prices; shutdown() returns
 None; last_error() starts as (1, 'Success') and is never blocked by faults.
 ``SimSymbol.feed`` lets a symbol share another's quotes (EURUSD.m = EURUSD
-with a wider spread).
+with a wider spread). Depth of market: ``sim/book.py`` (a book per tick,
+``SimSymbol.book_depth`` levels a side, subscriptions per IPC session).
 
 Faults (``Fault(kind, at, duration)``; active while start+at <= now < start+at+duration)
 -----------------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ class SimSymbol:
     exchange: str = ""
     isin: str = ""
     category: str = ""
+    # Depth of market levels per side (SYMBOL_TICKS_BOOKDEPTH); 0: no book.
+    book_depth: int = 10
     # Another symbol's name: share its quote stream (same bid path, tick times and counts
     # when price/volatility/rate/activity match), with this symbol's own spread.
     feed: str = ""
@@ -83,7 +85,7 @@ def default_symbols() -> tuple[SimSymbol, ...]:
         # A broker-suffixed variant (mini account): the EURUSD feed with a wider spread.
         replace(_fx("EURUSD.m", 5, 1.08500, 15, "Euro vs US Dollar (mini)", rate=1.3,
                     path="Forex\\Mini\\EURUSD.m", selected=False, base="EUR", profit="USD"),
-                feed="EURUSD"),
+                feed="EURUSD", book_depth=0),
         SimSymbol(
             name="XAUUSD", digits=2, price=2350.00, spread=25, description="Gold vs US Dollar",
             path="Metals\\XAUUSD", currency_base="XAU", currency_profit="USD", currency_margin="XAU",
@@ -123,7 +125,7 @@ def default_symbols() -> tuple[SimSymbol, ...]:
             path="Crypto\\BTCUSD", currency_base="BTC", currency_profit="USD", currency_margin="BTC",
             calc_mode=C.SYMBOL_CALC_MODE_CFD, contract_size=1.0, volatility=0.03, rate=0.8,
             selected=False, volume_min=0.01, volume_max=10.0, swap_long=-20.0, swap_short=-20.0,
-            category="Crypto",
+            category="Crypto", book_depth=0,
         ),
     )
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from mt5d.daemon.terminal import mt5_constants as C
 from mt5d.daemon.terminal.sim._hash import mix
+from mt5d.daemon.terminal.sim.book import book_for
 from mt5d.daemon.terminal.sim.clock import BrokerClock
 from mt5d.daemon.terminal.sim.faults import Fault, as_fault
 from mt5d.daemon.terminal.sim.market import (
@@ -131,6 +132,7 @@ class SimTerminal:
         self._market = Market(self._symbols, self.seed, self.ticks_per_second, self.broker, stalls)
         self._models: dict[str, SymbolModel] = self._market.models
         self._lock = threading.RLock()
+        self._book_cache: dict[str, tuple] = {}  # symbol -> (tick, its book)
         self._released = threading.Event()
         self._last_error: tuple[int, str] = OK
         self._next_event = 0
@@ -143,6 +145,7 @@ class SimTerminal:
         self._account = self._login
         self._path: str | None = None
         self._selected = {s.name for s in self._symbols if s.selected}
+        self._books: set[str] = set()  # market_book_add'ed in this IPC session
 
     # -- public helpers ---------------------------------------------------------
     def utc_offset_seconds(self, utc_epoch: float) -> int:
@@ -185,6 +188,7 @@ class SimTerminal:
                 self._fresh_state()
             elif self._initialized and self._session_since < a:
                 self._initialized = False
+                self._books.clear()
                 self._pending_recv = now < b
 
     def _gate(self, cls: int) -> float:
@@ -303,6 +307,7 @@ class SimTerminal:
     def shutdown(self) -> None:
         def run(now: float) -> None:
             self._initialized = False
+            self._books.clear()
             self._session_since = -math.inf
             self._pending_recv = False
 
@@ -421,7 +426,7 @@ class SimTerminal:
             session_deals=0, session_buy_orders=0, session_sell_orders=0,
             volume=int(tick.volume), volumehigh=int(tick.volume) * 10 if trades else 0,
             volumelow=int(tick.volume) if trades else 0, time=int(tick.time), digits=s.digits,
-            spread=spread, spread_float=True, ticks_bookdepth=0 if s.trades else 10,
+            spread=spread, spread_float=True, ticks_bookdepth=s.book_depth,
             trade_calc_mode=s.calc_mode, trade_mode=C.SYMBOL_TRADE_MODE_FULL, start_time=0, expiration_time=0,
             trade_stops_level=0, trade_freeze_level=0, trade_exemode=C.SYMBOL_TRADE_EXECUTION_MARKET,
             swap_mode=C.SYMBOL_SWAP_MODE_POINTS, swap_rollover3days=C.DAY_OF_WEEK_WEDNESDAY,
@@ -626,14 +631,37 @@ class SimTerminal:
                           price_open: Any = None, price_close: Any = None):
         return self._unsupported()
 
+    # -- depth of market (model and error table: sim/book.py) ---------------------
     def market_book_add(self, symbol: Any = None) -> bool:
-        return self._unsupported(False)
+        def run(now: float) -> bool:
+            self._model(symbol, E_FAIL, E_FAIL)
+            self._books.add(symbol)
+            return True
+
+        return self._call(_DATA, run, False)
 
     def market_book_get(self, symbol: Any = None):
-        return self._unsupported()
+        def run(now: float):
+            mdl = self._model(symbol, E_FAIL, None)
+            if symbol not in self._books:
+                raise _Fail(E_FAIL)
+            tick = self._market.last_tick(mdl, self.broker.broker_ms(now), C.Tick._make) or _ZERO_TICK
+            hit = self._book_cache.get(symbol)
+            if hit is None or hit[0] != tick:  # a book changes with the tick, and only then
+                hit = self._book_cache[symbol] = (tick, book_for(mdl.sym, self.seed, tick))
+            return hit[1]
+
+        return self._call(_DATA, run)
 
     def market_book_release(self, symbol: Any = None) -> bool:
-        return self._unsupported(False)
+        def run(now: float) -> bool:
+            self._model(symbol, E_FAIL, None)
+            if symbol not in self._books:
+                raise _Fail(E_FAIL)
+            self._books.discard(symbol)
+            return True
+
+        return self._call(_DATA, run, False)
 
 
 def _filter_group(names: list[str], group: str) -> list[str]:
