@@ -5,6 +5,8 @@ from __future__ import annotations
 import calendar
 import pickle
 
+import pytest
+
 from mt5d.daemon.terminal import mt5_constants as C
 from mt5d.daemon.terminal.sim import Fault, SimTerminal
 from mt5d.daemon.terminal.sim.book import book_for
@@ -134,3 +136,22 @@ def test_stall_keeps_the_last_book():
     book = sim.market_book_get("GBPUSD")
     clk.t = T0 + 20
     assert sim.market_book_get("GBPUSD") == book and book
+
+
+def test_symbol_info_terms_follow_the_asset_class():
+    sim, _ = make()
+    for name in ("EURUSD", "XAUUSD", "US30", "#AAPL", "BTCUSD", "EURUSD.m"):
+        info = sim.symbol_info(name)
+        assert len(info) == 96 and info.name == name
+        assert info.trade_tick_size == info.point and info.volume_min <= info.volume_step * 100
+        assert info.filling_mode & 3 and info.order_mode == 127
+    eur, gold, dow, aapl = (sim.symbol_info(n) for n in ("EURUSD", "XAUUSD", "US30", "#AAPL"))
+    assert eur.trade_calc_mode == C.SYMBOL_CALC_MODE_FOREX and eur.trade_contract_size == 100000.0
+    assert eur.swap_rollover3days == C.DAY_OF_WEEK_WEDNESDAY and eur.trade_stops_level == 0
+    assert gold.trade_contract_size == 100.0 and gold.trade_stops_level > 0
+    assert dow.trade_calc_mode == C.SYMBOL_CALC_MODE_CFDINDEX and dow.swap_rollover3days == C.DAY_OF_WEEK_FRIDAY
+    assert dow.volume_min == 0.1 and dow.trade_stops_level > gold.trade_stops_level
+    assert aapl.trade_calc_mode == C.SYMBOL_CALC_MODE_CFD and aapl.swap_mode == C.SYMBOL_SWAP_MODE_CURRENCY_SYMBOL
+    assert aapl.isin == "US0378331005" and aapl.exchange == "NASDAQ" and aapl.volume_step == 1.0
+    # tick value: a point of one lot in the account currency (USD)
+    assert eur.trade_tick_value == pytest.approx(1.0) and gold.trade_tick_value == pytest.approx(1.0)

@@ -55,6 +55,9 @@ None; last_error() starts as (1, 'Success') and is never blocked by faults.
 ``SimSymbol.feed`` lets a symbol share another's quotes (EURUSD.m = EURUSD
 with a wider spread). Depth of market: ``sim/book.py`` (a book per tick,
 ``SimSymbol.book_depth`` levels a side, subscriptions per IPC session).
+``symbol_info`` carries every field of the package's ``SymbolInfo``; the
+contract terms of each asset class (stops level, swap mode and triple-swap
+day, filling) come from ``sim/specs.py``.
 
 Faults (``Fault(kind, at, duration)``; active while start+at <= now < start+at+duration)
 -----------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 from mt5d.daemon.terminal import mt5_constants as C
 from mt5d.daemon.terminal.sim._hash import mix
 from mt5d.daemon.terminal.sim.book import book_for
+from mt5d.daemon.terminal.sim.specs import class_spec
 from mt5d.daemon.terminal.sim.clock import BrokerClock
 from mt5d.daemon.terminal.sim.faults import Fault, as_fault
 from mt5d.daemon.terminal.sim.market import (
@@ -421,6 +422,7 @@ class SimTerminal:
         tv = round(tv, 10)
         change = round((tick.bid - prev_c) / prev_c * 100.0, 2) if prev_c and tick.bid else 0.0
         trades = s.trades and sel
+        spec = class_spec(s.category)
         return C.SymbolInfo(
             custom=False, chart_mode=C.SYMBOL_CHART_MODE_BID, select=sel, visible=sel,
             session_deals=0, session_buy_orders=0, session_sell_orders=0,
@@ -428,9 +430,10 @@ class SimTerminal:
             volumelow=int(tick.volume) if trades else 0, time=int(tick.time), digits=s.digits,
             spread=spread, spread_float=True, ticks_bookdepth=s.book_depth,
             trade_calc_mode=s.calc_mode, trade_mode=C.SYMBOL_TRADE_MODE_FULL, start_time=0, expiration_time=0,
-            trade_stops_level=0, trade_freeze_level=0, trade_exemode=C.SYMBOL_TRADE_EXECUTION_MARKET,
-            swap_mode=C.SYMBOL_SWAP_MODE_POINTS, swap_rollover3days=C.DAY_OF_WEEK_WEDNESDAY,
-            margin_hedged_use_leg=False, expiration_mode=15, filling_mode=3, order_mode=127,
+            trade_stops_level=spec.stops_level, trade_freeze_level=spec.freeze_level, trade_exemode=spec.exemode,
+            swap_mode=spec.swap_mode, swap_rollover3days=spec.swap_rollover3days,
+            margin_hedged_use_leg=False, expiration_mode=spec.expiration_mode, filling_mode=spec.filling_mode,
+            order_mode=spec.order_mode,
             order_gtc_mode=C.SYMBOL_ORDERS_GTC, option_mode=C.SYMBOL_OPTION_MODE_EUROPEAN,
             option_right=C.SYMBOL_OPTION_RIGHT_CALL,
             bid=tick.bid, bidhigh=day_h, bidlow=day_l,
