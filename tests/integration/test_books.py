@@ -154,3 +154,27 @@ async def test_terminal_state_and_nothing_of_the_host(nats_url):
         assert code is None
         body = json.loads(data)
         assert not any(k in body for k in TERMINAL_INFO_HIDDEN) and "C:\\\\" not in data.decode()
+
+
+async def test_books_over_the_rpyc_bridge(nats_url):
+    """The same stream with the sim behind an rpyc classic bridge (a book is a tuple of structures:
+    the bridge sends it as rows and the daemon rebuilds the BookInfo entries)."""
+    from tests.integration.helpers import RpycBridge
+
+    bridge = RpycBridge(seed=42, ticks_per_second=20.0)
+    try:
+        async with daemon_client(nats_url, "bookrpyc", stream={"books": ["EURUSD"], "book_interval": INTERVAL},
+                                 terminal={"backend": "rpyc", "rpyc_port": bridge.port}) as t:
+            seen: list[Book] = []
+            async with t.client.books("EURUSD") as stream:
+                with anyio.fail_after(20):
+                    async for book in stream:
+                        seen.append(book)
+                        if len(seen) >= 10:
+                            break
+            times = [b.time_msc_broker for b in seen]
+            assert times == sorted(times)
+            assert all(len(b.bids) == len(b.asks) == 10 and not b.crossed for b in seen)
+            assert (await t.client.get_symbol("EURUSD")).ticks_bookdepth == 10
+    finally:
+        bridge.stop()
