@@ -77,3 +77,17 @@ def test_breaker_settings_are_checked_by_the_breakers_own_rules_and_all_listed()
     assert any(p.startswith("breaker.max_failures: 0") for p in problems)
     assert any(p.startswith("breaker.backoff_max_seconds: 30") for p in problems)
     assert any(p.startswith("breaker.jitter: 0.7") for p in problems)
+
+
+def test_books_must_be_streamed_symbols_and_depths_are_bounded():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"stream": {"symbols": ["EURUSD"], "books": ["EURUSD", "GBPUSD"]}}, env={})
+    assert info.value.problems == [
+        "stream.books: 'GBPUSD' is not in stream.symbols (a book needs its symbol's quotes)"]
+    with pytest.raises(ConfigError) as info:
+        parse_config({"stream": {"book_interval": -1}, "terminal": {"sim": {"book_depth": {"EURUSD": 65}}}},
+                     env={})
+    assert [p.split(":")[0] for p in info.value.problems] == ["stream.book_interval", "terminal.sim.book_depth"]
+    cfg = parse_config({"stream": {"symbols": ["EURUSD"], "books": ["EURUSD"], "book_interval": 0.5},
+                        "terminal": {"sim": {"book_depth": {"EURUSD": 3}}}}, env={})
+    assert cfg.stream.books == ("EURUSD",) and cfg.terminal.sim.book_depth == {"EURUSD": 3}
