@@ -41,11 +41,11 @@ def anyio_backend():
 
 
 class Rig:
-    def __init__(self, *, faults=(), tps=20.0, interval=0.2, poll=0.05) -> None:
+    def __init__(self, *, faults=(), tps=20.0, interval=0.2, poll=0.05, terminal=SimTerminal) -> None:
         self.wall = lambda: BASE + anyio.current_time()
         self.symbols = [s for s in default_symbols() if s.name in SYMBOLS]
-        self.sim = SimTerminal(seed=5, clock=self.wall, ticks_per_second=tps, faults=list(faults),
-                               symbols=self.symbols)
+        self.sim = terminal(seed=5, clock=self.wall, ticks_per_second=tps, faults=list(faults),
+                            symbols=self.symbols)
         self.changes_send, self.changes_recv = anyio.create_memory_object_stream[StateChange](1000)
         self.out_send, self.out_recv = anyio.create_memory_object_stream[Batch](4)
         self.conn = Connection(
@@ -140,3 +140,22 @@ async def test_books_resume_after_a_disconnect_and_a_terminal_restart():
         assert any(t < 5 for t in sent) and any(12 < t < 20 for t in sent) and any(t > 30 for t in sent)
         assert not any(20 < t < 26 for t in sent)  # the terminal was down
     assert "book_unavailable" not in rig.changes
+
+
+class _NoDepthFor(SimTerminal):
+    """A terminal whose broker refuses the depth of market of #AAPL (MarketBookAdd fails)."""
+
+    def market_book_add(self, symbol=None):
+        if symbol == "#AAPL":
+            self._last_error = (-1, "Terminal: Call failed")
+            return False
+        return super().market_book_add(symbol)
+
+
+async def test_a_refused_book_is_reported_once_and_the_others_go_on():
+    rig = Rig(faults=[Fault("disconnect", 5.0, 3.0)], terminal=_NoDepthFor)
+    await rig.run_for(15)
+    assert rig.changes.count("book_unavailable") == 1  # reported once, not at every reconnect
+    assert "connected" in rig.changes and "disconnected" in rig.changes
+    assert "#AAPL" not in rig.got
+    rig.assert_books_are_the_sims("EURUSD")
