@@ -318,14 +318,18 @@ class RpcService:
         say why (the breaker, no connection) rather than something vaguer."""
         if self._utc.known:
             return self._utc.offset_ms
+        raise self._not_ready("the broker clock offset is not known yet; retry in a moment")
+
+    def _not_ready(self, otherwise: str) -> MT5Error:
+        """Why something the terminal gives is missing: the breaker, no connection, or ``otherwise``."""
         st = self._conn.status()
         if st.breaker == "open":
             wait = f"; retry in {st.retry_after:.0f} s" if st.retry_after is not None else ""
-            raise MT5CircuitBreakerOpen(f"circuit breaker is open: the terminal is not being called{wait}")
+            return MT5CircuitBreakerOpen(f"circuit breaker is open: the terminal is not being called{wait}")
         if not st.connected:
-            raise MT5ConnectionError("not connected to the terminal yet" +
-                                     (f" (last error: {st.last_error})" if st.last_error else ""))
-        raise MT5StateError("the broker clock offset is not known yet; retry in a moment")
+            return MT5ConnectionError("not connected to the terminal yet" +
+                                      (f" (last error: {st.last_error})" if st.last_error else ""))
+        return MT5StateError(otherwise)
 
     def _max_payload(self) -> int:
         return int(getattr(self._nc, "max_payload", 0) or 1024 * 1024)
@@ -344,6 +348,9 @@ class RpcService:
                 continue
             tick, received = hit
             prices[symbol] = Quote(tick=tick, age_ms=max(0, int((now - received) * 1000)))
+        if req.symbol is not None and missing:
+            # One symbol asked, streamed, but no tick yet: say why, as the old get_price raised.
+            raise self._not_ready(f"no tick of {_shown(req.symbol)} received yet; retry in a moment")
         return PriceReply(prices=prices, missing=missing)
 
     def _book(self, req: BookRequest) -> BookReply:

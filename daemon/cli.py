@@ -9,6 +9,7 @@ embedded nats-server could not start.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -131,7 +132,8 @@ def cmd_tail(args) -> int:
     from mt5d.daemon.tail import tail
 
     try:
-        return anyio.run(tail, args.url, args.subject, args.count, args.raw)
+        return anyio.run(functools.partial(tail, args.url, args.subject, args.count, args.raw, user=args.user,
+                                           creds=args.creds, inbox_prefix=args.inbox_prefix))
     except KeyboardInterrupt:
         return EX_OK
 
@@ -156,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
     p.add_argument("--count", type=int, default=0, help="stop after N messages (0: never)")
     p.add_argument("--raw", action="store_true", help="print payloads as received")
+    p.add_argument("--user", default=os.environ.get("NATS_USER", ""),
+                   help="NATS user (password from $NATS_PASSWORD); or user:password@ in --url")
+    p.add_argument("--creds", default="", help="a NATS .creds file")
+    p.add_argument("--inbox-prefix", default="", help="reply subjects' prefix (default: _INBOX_<user>)")
     p.set_defaults(fn=cmd_tail)
     p = sub.add_parser("bench", help="measure throughput, latency, CPU and completeness")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -97,6 +97,9 @@ class NatsConfig(_Section):
     # the repeats of a batch re-sent after a disconnect (costs publish speed).
     msg_id: bool = False
     user: str = ""
+    # Where replies to the daemon's own requests come back (JetStream API calls);
+    # empty: _INBOX_<user> (_INBOX without a user), what ops/nats-server.conf grants.
+    inbox_prefix: str = ""
     creds_file: str = ""
     tls_ca: str = ""
     tls_cert: str = ""
@@ -235,6 +238,9 @@ def _cross_checks(cfg: Config) -> list[str]:
         problems.append(f"nats.prefix: {cfg.nats.prefix!r} (expected letters, digits, _ or -)")
     if cfg.nats.account and not re.fullmatch(r"[A-Za-z0-9_-]+", cfg.nats.account):
         problems.append(f"nats.account: {cfg.nats.account!r} (expected letters, digits, _ or -)")
+    if cfg.nats.inbox_prefix and not re.fullmatch(r"[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*", cfg.nats.inbox_prefix):
+        problems.append(f"nats.inbox_prefix: {cfg.nats.inbox_prefix!r} (expected subject tokens without "
+                        f"wildcards, e.g. \"_INBOX_mt5d\")")
     if cfg.terminal.backend != "sim" and cfg.terminal.login == 0:
         problems.append("terminal.login: 0 (expected the account login, or MT5_LOGIN in the environment)")
     problems.extend(telemetry_problems(cfg.telemetry))

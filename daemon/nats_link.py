@@ -9,6 +9,7 @@ from typing import Awaitable, Callable
 import anyio
 import nats
 
+from mt5d.client import inbox_prefix_for
 from mt5d.daemon.config import NatsConfig
 
 __all__ = ["connect_nats"]
@@ -52,6 +53,8 @@ async def connect_nats(
         pending_size=cfg.pending_size,
         # Never pedantic: one bad subject would close the connection for good.
         pedantic=False,
+        # Its own replies on its own prefix: the only inboxes its NATS user may read.
+        inbox_prefix=cfg.inbox_prefix or inbox_prefix_for(cfg.user),
     )
     if cfg.user:
         opts["user"] = cfg.user

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import anyio
-import nats
 
+from mt5d.client import open_nats
 from mt5d.codec import decode_any_json_line
+from mt5d.errors import MT5Error
 
 
-async def tail(url: str, subject: str, count: int = 0, raw: bool = False) -> int:
-    async def quiet(err: Exception) -> None:  # nats-py prints tracebacks by default
-        print(f"mt5d tail: {type(err).__name__}: {err}", file=sys.stderr)
-
+async def tail(url: str, subject: str, count: int = 0, raw: bool = False, *, user: str | None = None,
+               creds: str | None = None, inbox_prefix: str | None = None) -> int:
+    """``user`` logs in with ``$NATS_PASSWORD``; replies (none here, but the connection's
+    prefix is what ops/nats-server.conf grants the user) use ``_INBOX_<user>``."""
     try:
-        nc = await nats.connect(url, name="mt5d-tail", error_cb=quiet, connect_timeout=2,
-                                max_reconnect_attempts=3, allow_reconnect=True)
-    except Exception as err:
-        print(f"mt5d tail: cannot reach NATS at {url} ({type(err).__name__}); is `mt5d run` running?",
-              file=sys.stderr)
+        nc = await open_nats(url, user=user or None, nats_password=os.environ.get("NATS_PASSWORD") if user else None,
+                             creds=creds or None, inbox_prefix=inbox_prefix or None, name="mt5d-tail",
+                             connect_timeout=2)
+    except MT5Error as err:
+        print(f"mt5d tail: {err.message}; is `mt5d run` running?", file=sys.stderr)
         return 69
     done = anyio.Event()
     seen = 0

@@ -1,6 +1,9 @@
 """mt5d's wire contract: what a subscriber needs, and nothing else (nats-py + msgspec).
 
     from mt5d import MT5Client, Tick, subjects
+
+The old session manager's package moves here whole: ``from mt5d import
+MT5SessionManager, probe`` and ``from mt5d.errors import MT5ConnectionError``.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -10,9 +13,19 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-from mt5d import book, codec, errors, rpc, subjects
+from mt5d import book, client, codec, errors, rpc, subjects
 from mt5d.book import Book, BookLevel
-from mt5d.client import MT5Client, Stream
+from mt5d.client import (
+    AccountInfo,
+    HealthStatus,
+    MT5Client,
+    MT5SessionManager,
+    Price,
+    Stream,
+    probe,
+    timeframe_name,
+)
+from mt5d.client import *  # noqa: F401,F403  (the TIMEFRAME_* constants)
 from mt5d.codec import Codec, decode_any
 from mt5d.errors import (
     MT5AuthError,
@@ -44,8 +57,16 @@ __all__ = [
     "Codec",
     "decode_any",
     "rpc",
+    "client",
     "MT5Client",
+    "MT5SessionManager",
+    "probe",
+    "AccountInfo",
+    "Price",
+    "HealthStatus",
+    "timeframe_name",
     "Stream",
+    *(name for name in client.__all__ if name.startswith("TIMEFRAME_")),
     "errors",
     "MT5Error",
     "MT5InitError",

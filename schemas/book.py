@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
+from mt5d.market import Record
+
 __all__ = ["BookLevel", "Book"]
 
 
@@ -19,7 +21,7 @@ class BookLevel(msgspec.Struct, frozen=True, array_like=True, gc=False):
     volume: float
 
 
-class Book(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Book(Record, frozen=True, kw_only=True, omit_defaults=True):
     symbol: str  # raw broker symbol
     # The symbol's newest quote when the book was read (the book moves with it):
     time_msc_broker: int  # broker clock, ms (as tick time_msc)

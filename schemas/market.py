@@ -9,12 +9,12 @@ MT5 reports), ``*_utc_ms`` is true UTC in milliseconds since the epoch.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import msgspec
 
-__all__ = ["Tick", "Candle", "HealthEvent", "TIMEFRAMES", "TIMEFRAME_SECONDS", "BREAKER_STATES",
-           "EventKind", "EVENT_KINDS"]
+__all__ = ["Record", "Tick", "Candle", "HealthEvent", "TIMEFRAMES", "TIMEFRAME_SECONDS", "TIMEFRAME_CODES",
+           "TIMEFRAME_MINUTES", "BREAKER_STATES", "EventKind", "EVENT_KINDS"]
 
 # MT5's standard timeframes, shortest first, and the length of one bar in seconds
 # (MN1: 0, months differ; W1 bars open on Sunday 00:00). The one timeframe table:
@@ -26,6 +26,15 @@ TIMEFRAME_SECONDS: dict[str, int] = {
     "D1": 86400, "W1": 7 * 86400, "MN1": 0,
 }
 TIMEFRAMES: tuple[str, ...] = tuple(TIMEFRAME_SECONDS)
+# The MetaTrader5 package's TIMEFRAME_* codes, for clients (the terminal's constants
+# module needs numpy; a subscriber must not): minutes below 1 h, then flag bits.
+TIMEFRAME_CODES: dict[str, int] = {
+    **{name: secs // 60 for name, secs in TIMEFRAME_SECONDS.items() if name.startswith("M") and name != "MN1"},
+    **{f"H{n}": n | 0x4000 for n in (1, 2, 3, 4, 6, 8, 12)},
+    "D1": 24 | 0x4000, "W1": 1 | 0x8000, "MN1": 1 | 0xC000,
+}
+# Minutes, as the old session manager took a timeframe (MN1 counted as 30 days).
+TIMEFRAME_MINUTES: dict[str, int] = {name: (secs or 30 * 86400) // 60 for name, secs in TIMEFRAME_SECONDS.items()}
 
 BREAKER_STATES: tuple[str, ...] = ("closed", "open", "half_open")
 
@@ -38,7 +47,15 @@ EventKind = Literal[
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
 
-class Tick(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class Record(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of the result structs: attribute access, and ``_asdict()`` as the
+    MetaTrader5 package's namedtuples have (field name -> value, in order)."""
+
+    def _asdict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__struct_fields__}
+
+
+class Tick(Record, frozen=True, kw_only=True, gc=False):
     """One tick, every field MT5's ``Tick`` has (its ``time`` is ``time_broker``)."""
 
     symbol: str  # raw broker symbol, unescaped ("EURUSD.m")
@@ -59,8 +76,16 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         """MT5's ``time`` field: broker clock, whole seconds."""
         return self.time_msc_broker // 1000
 
+    @property
+    def time(self) -> int:
+        return self.time_msc_broker // 1000
 
-class Candle(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    @property
+    def time_msc(self) -> int:
+        return self.time_msc_broker
+
+
+class Candle(Record, frozen=True, kw_only=True, gc=False):
     """One bar. ``closed=False`` marks the forming bar (it will still change)."""
 
     symbol: str
@@ -77,8 +102,13 @@ class Candle(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     real_volume: int
     closed: bool
 
+    @property
+    def time(self) -> int:
+        """MT5's rates ``time`` field: bar open, broker clock, whole seconds."""
+        return self.time_broker
 
-class HealthEvent(msgspec.Struct, frozen=True, kw_only=True):
+
+class HealthEvent(Record, frozen=True, kw_only=True):
     """The daemon's view of its terminal, on every probe and every state change."""
 
     account: str

@@ -20,7 +20,7 @@ import msgspec
 from mt5d.book import Book
 from mt5d.codec import decode_any
 from mt5d.errors import MT5Error, MT5ValidationError, error_for_status
-from mt5d.market import TIMEFRAMES, Candle, HealthEvent, Tick
+from mt5d.market import TIMEFRAME_CODES, TIMEFRAME_MINUTES, TIMEFRAMES, Candle, HealthEvent, Record, Tick
 
 __all__ = [
     "MAX_CANDLES", "DEFAULT_CANDLES", "MAX_TICKS", "MAX_PRICE_SYMBOLS", "MAX_REQUEST_BYTES", "REPLY_HEADROOM",
@@ -28,7 +28,7 @@ __all__ = [
     "Request", "AccountRequest", "AccountReply", "PriceRequest", "Quote", "PriceReply",
     "CandlesRequest", "CandlesReply", "TicksRequest", "TicksReply", "SymbolsRequest", "SymbolSpec",
     "SymbolsReply", "HealthRequest", "ReconnectRequest", "ReconnectReply", "ErrorReply",
-    "check_timeframe", "validate_request", "error_from_reply",
+    "check_timeframe", "timeframe_name", "validate_request", "error_from_reply",
     "BookRequest", "BookQuote", "BookReply", "SymbolRequest", "SymbolInfo",
     "TerminalRequest", "TerminalInfo", "TERMINAL_INFO_HIDDEN",
 ]
@@ -62,6 +62,24 @@ def check_timeframe(timeframe: str) -> str:
     return timeframe
 
 
+_TF_BY_NUMBER = {**{m: n for n, m in TIMEFRAME_MINUTES.items()}, **{c: n for n, c in TIMEFRAME_CODES.items()}}
+
+
+def timeframe_name(timeframe: str | int) -> str:
+    """``"M15"`` for ``"M15"``, 15 (minutes, as the old session manager took it) or
+    ``TIMEFRAME_M15`` (MetaTrader5's code). The codes of H1 and longer (0x4000 and up)
+    are never a timeframe's minutes, so an int means one thing."""
+    if isinstance(timeframe, int) and not isinstance(timeframe, bool):
+        name = _TF_BY_NUMBER.get(timeframe)
+        if name is None:
+            raise MT5ValidationError(f"unknown timeframe {timeframe!r}: give minutes (1, 5, 15, 30, 60, 240, "
+                                     f"1440, ...), a TIMEFRAME_* code or a name ({' '.join(TIMEFRAMES)})")
+        return name
+    if isinstance(timeframe, str):
+        return check_timeframe(timeframe)
+    raise MT5ValidationError(f"a timeframe is a name or an int, not {type(timeframe).__name__}")
+
+
 class Request(msgspec.Struct, frozen=True, kw_only=True):
     """Base of requests: ``checked()`` does the cross-field checks types cannot."""
 
@@ -76,7 +94,7 @@ class AccountRequest(Request):
     pass
 
 
-class AccountReply(msgspec.Struct, frozen=True, kw_only=True):
+class AccountReply(Record, frozen=True, kw_only=True):
     """Every ``account_info()`` field, plus ``margin_used`` (= margin) as the old API named it."""
 
     login: int
@@ -217,7 +235,7 @@ class SymbolsRequest(Request):
     pass
 
 
-class SymbolSpec(msgspec.Struct, frozen=True, kw_only=True):
+class SymbolSpec(Record, frozen=True, kw_only=True):
     symbol: str
     digits: int
     point: float
@@ -264,7 +282,7 @@ class SymbolRequest(Request):
     symbol: Symbol  # any symbol the terminal offers (not only the streamed ones)
 
 
-class SymbolInfo(msgspec.Struct, frozen=True, kw_only=True):
+class SymbolInfo(Record, frozen=True, kw_only=True):
     """Every field of MT5's ``symbol_info()``, in its order, with its meaning (MQL5 SYMBOL_* properties):
     prices and ``time`` on the broker clock as the terminal reports them."""
 
@@ -370,7 +388,7 @@ class TerminalRequest(Request):
     pass
 
 
-class TerminalInfo(msgspec.Struct, frozen=True, kw_only=True):
+class TerminalInfo(Record, frozen=True, kw_only=True):
     """MT5's ``terminal_info()`` without what describes the host or another account: the
     install and data paths (``path``, ``data_path``, ``commondata_path``) and the MQL5.community
     balance (``community_balance``) stay in the daemon."""

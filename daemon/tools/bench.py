@@ -33,7 +33,7 @@ from pathlib import Path
 
 import anyio
 import msgspec
-import nats
+from mt5d.client import open_nats
 import numpy as np
 
 from mt5d.daemon.natsserver import NatsServer
@@ -132,7 +132,7 @@ class Receiver:
         self.payload_sizes = 0
 
     async def start(self, url: str, subject: str):
-        self.nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
+        self.nc = await open_nats(url, pending_size=64 * 1024 * 1024)
         time_utc = msgspec.json.Decoder(_TimeOnly)
 
         async def on_msg(msg):
@@ -181,7 +181,7 @@ async def phase_saturation(url: str, seconds: float) -> dict:
 
 async def _raw_loop(url: str, rx: Receiver, size: int, seconds: float) -> float:
     """Pre-encoded payloads of the same size, as fast as nats-py publishes them, to the same subscriber."""
-    pub = await nats.connect(url, pending_size=2 * 1024 * 1024)
+    pub = await open_nats(url, pending_size=2 * 1024 * 1024)
     payload = b"x" * size
     subjects = [f"mt5.{ACCOUNT}.tick.RAW{i:03d}" for i in range(SYMBOLS_50)]
     n0 = rx.count
@@ -286,7 +286,7 @@ async def phase_completeness(server: NatsServer, seconds: float) -> dict:
     from mt5d.daemon.terminal.sim import SimTerminal, synthetic_symbols
 
     url = server.url
-    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    nc = await open_nats(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="BENCHTICKS", subjects=[f"mt5.{ACCOUNT}.tick.>"],
                                      duplicate_window=120.0))

@@ -27,9 +27,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (daemon/tools/ is two below)
 
-import nats  # noqa: E402
+from mt5d.client import open_nats  # noqa: E402
 
 from mt5d.daemon.natsserver import NatsServer  # noqa: E402
 from mt5d import MT5Client  # noqa: E402
@@ -115,7 +115,7 @@ async def main() -> None:
         daemon = start_daemon(server.url, args.max_in_flight, Path(tmp))
         errors: list[str] = []
         threading.Thread(target=lambda: errors.extend(daemon.stderr), daemon=True).start()
-        nc = await nats.connect(server.url)
+        nc = await open_nats(server.url)
         try:
             client = MT5Client(nc, account=ACCOUNT, timeout=10.0)
             await wait_ready(client)

@@ -1,6 +1,6 @@
 """MT5Client against a real nats-server and a fake mt5d RPC service (nats.micro, canned replies).
 
-Checks the old API's return shapes, paging, error classes coming back across the wire,
+Checks the result structs (attribute access, ``_asdict()``), paging, error classes coming back across the wire,
 no-responder and timeout handling, and the stream iterators."""
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from mt5d.actors.logic.replies import (
 from mt5d.codec import Codec
 from mt5d.errors import (
     MT5CircuitBreakerOpen,
+    MT5ConnectionError,
     MT5DataError,
+    MT5StateError,
     MT5Error,
     MT5TimeoutError,
     MT5ValidationError,
@@ -171,8 +173,11 @@ def client(fake):
 
 async def test_account_shapes(client):
     info = await client.get_account_info()
-    assert set(info) == set(ACCOUNT_INFO_FIELDS)
-    assert info["login"] == 10001234 and info["trade_allowed"] is True and info["name"] == "Sim"
+    assert set(info._asdict()) == set(ACCOUNT_INFO_FIELDS) | {"margin_used"}
+    assert info.login == 10001234 and info.trade_allowed is True and info.name == "Sim"
+    assert info._asdict()["balance"] == info.balance == 1000.0
+    with pytest.raises(AttributeError):
+        info.balance = 0.0  # frozen
     assert await client.get_leverage() == 500
     assert await client.get_margin_used() == 12.5
     assert await client.get_margin_free() == 987.5
@@ -180,42 +185,45 @@ async def test_account_shapes(client):
 
 async def test_prices(client):
     p = await client.get_price("EURUSD.m")
-    assert p["symbol"] == "EURUSD.m" and p["age_ms"] == 3
-    assert {"bid", "ask", "last", "time", "time_msc", "time_utc_ms", "volume", "flags"} <= set(p)
-    assert p["time"] == p["time_msc"] // 1000
+    assert p.symbol == "EURUSD.m" and p.age_ms == 3
+    assert {"bid", "ask", "last", "time", "time_msc", "time_utc_ms", "volume", "flags"} <= set(p._asdict())
+    assert p.time == p.time_msc // 1000 and p.bid == tick("EURUSD.m", 1).bid
     prices = await client.get_prices(["EURUSD", "EURUSD.m", "NOPE"])
     assert set(prices) == {"EURUSD", "EURUSD.m"}
-    with pytest.raises(MT5ValidationError):
+    with pytest.raises(MT5StateError, match="no price"):  # the fake says nothing; the daemon says why
         await client.get_price("NOPE")
 
 
 async def test_candles_follow_pages(client):
     bars = await client.get_candles("EURUSD", "M1", 250)
     assert len(bars) == 250
-    assert [b["volume"] for b in bars] == list(range(50, 300))  # oldest first, no gap, no repeat
-    assert bars[-1]["closed"] is False and all(b["closed"] for b in bars[:-1])
-    assert {"time", "open", "high", "low", "close", "volume", "spread", "real_volume", "time_utc_ms"} <= set(bars[0])
+    assert [b.tick_volume for b in bars] == list(range(50, 300))  # oldest first, no gap, no repeat
+    assert bars[-1].closed is False and all(b.closed for b in bars[:-1])
+    assert {"open", "high", "low", "close", "tick_volume", "spread", "real_volume", "time_utc_ms"} <= set(
+        bars[0]._asdict())
+    assert bars[0].time == bars[0].time_broker
     first = HISTORY_BARS[10].time_utc_ms
-    ranged = await client.get_candles("EURUSD", "M1", start=first, end=HISTORY_BARS[209].time_utc_ms)
-    assert [b["volume"] for b in ranged] == list(range(10, 210))
-    default = await client.fetch_candles("EURUSD", "M1")
+    ranged = await client.get_candles("EURUSD", 1, start=first, end=HISTORY_BARS[209].time_utc_ms)  # minutes
+    assert [b.tick_volume for b in ranged] == list(range(10, 210))
+    default = await client.get_candles("EURUSD", "M1")
     assert len(default) == 100 and default[-1] == HISTORY_BARS[-1]
 
 
 async def test_ticks_follow_pages_across_shared_milliseconds(client):
     start, end = HISTORY_TICKS[3].time_utc_ms, HISTORY_TICKS[1203].time_utc_ms
-    got = await client.fetch_ticks("EURUSD", start, end)
+    got = await client.get_ticks("EURUSD", start, end)
     assert got == [t for t in HISTORY_TICKS if start <= t.time_utc_ms <= end]
     few = await client.get_ticks("EURUSD", start, end, count=900)
-    assert len(few) == 900 and few[0]["time_utc_ms"] == start
+    assert len(few) == 900 and few[0].time_utc_ms == start
 
 
 async def test_symbols_health_probe_reconnect(client):
     (spec,) = await client.get_symbols()
-    assert spec["symbol"] == "EURUSD.m" and spec["digits"] == 5
+    assert spec.symbol == "EURUSD.m" and spec.digits == 5
     assert await client.get_health() == HEALTH
-    assert await client.probe() == {"connection": True, "auth": True, "data_feed": True, "latency_ms": 0.42,
-                                    "breaker": "closed", "wedged": False}
+    status = await client.probe()
+    assert status == HEALTH and status.latency_ms == 0.42 and status.connection_ok and status.data_feed_ok
+    assert client.is_connected  # the connection is up and the daemon's latest health says connected
     assert await client.reconnect() is True
 
 
@@ -240,8 +248,8 @@ async def test_uncaught_service_exception_is_an_mt5_error(nc):
     assert info.value.status == 500
 
 
-async def test_no_responders_and_timeout_are_timeouts(nc):
-    with pytest.raises(MT5TimeoutError, match="no mt5d"):
+async def test_no_responders_is_a_connection_error_and_silence_a_timeout(nc):
+    with pytest.raises(MT5ConnectionError, match="no mt5d"):
         await MT5Client(nc, account="nobody").get_leverage()
     with pytest.raises(MT5TimeoutError, match="within"):
         await MT5Client(nc, account="silent", timeout=0.2).get_leverage()

@@ -130,11 +130,11 @@ async def test_service_discovery_ping_info_stats(nats_url):
 async def test_account_every_field_and_the_old_names(nats_url):
     async with daemon_client(nats_url, "acct") as t:
         info = await t.client.get_account_info()
-        assert set(info) == set(ACCOUNT_INFO_FIELDS)
+        assert set(info._asdict()) == set(ACCOUNT_INFO_FIELDS) | {"margin_used"}
         direct = (await t.daemon.conn.run_call(lambda api: api.account_info()))._asdict()
-        assert {k: info[k] for k in ("login", "leverage", "name", "server", "currency", "balance")} == {
+        assert {k: getattr(info, k) for k in ("login", "leverage", "name", "server", "currency", "balance")} == {
             k: direct[k] for k in ("login", "leverage", "name", "server", "currency", "balance")}
-        assert info["login"] == 10001234
+        assert info.login == 10001234 and info.margin_used == direct["margin"]
         assert await t.client.get_leverage() == direct["leverage"]
         assert await t.client.get_margin_used() == direct["margin"]
         assert isinstance(await t.client.get_margin_free(), float)
@@ -144,9 +144,9 @@ async def test_price_from_the_cache_with_its_age(nats_url):
     async with daemon_client(nats_url, "price") as t:
         await t.col.wait_for(lambda: set(SYMBOLS) <= set(t.col.ticks), timeout=10)
         p = await t.client.get_price("EURUSD.m")
-        assert p["symbol"] == "EURUSD.m" and 0 <= p["age_ms"] < 5000
+        assert p.symbol == "EURUSD.m" and 0 <= p.age_ms < 5000
         # The cache is updated before a batch is published: the price is the newest streamed tick or newer.
-        assert p["time_msc"] >= t.col.ticks["EURUSD.m"][-1].time_msc_broker
+        assert p.time_msc >= t.col.ticks["EURUSD.m"][-1].time_msc_broker
         prices = await t.client.get_prices(["EURUSD", "#AAPL", "NOPE"])
         assert set(prices) == {"EURUSD", "#AAPL"}
         reply = await t.client.call("price", PriceRequest(symbols=["EURUSD", "NOPE", "EURUSD"]), PriceReply)
@@ -157,7 +157,7 @@ async def test_price_from_the_cache_with_its_age(nats_url):
 
 async def test_candles_latest_before_and_range(nats_url):
     async with daemon_client(nats_url, "candles") as t:
-        bars = await t.client.fetch_candles("EURUSD", "M15", 50)
+        bars = await t.client.get_candles("EURUSD", "M15", 50)
         assert len(bars) == 50
         assert [b.closed for b in bars] == [True] * 49 + [False]  # the forming bar last
         assert all(b.close_time_utc_ms - b.time_utc_ms == 15 * 60_000 for b in bars)
@@ -167,20 +167,20 @@ async def test_candles_latest_before_and_range(nats_url):
         rates = await t.daemon.conn.run_call(lambda api: api.copy_rates_from_pos("EURUSD", TIMEFRAMES["M15"], 0, 50))
         assert [b.time_broker for b in bars] == rates["time"].tolist()
         assert [b.close for b in bars[:-1]] == rates["close"].tolist()[:-1]
-        assert (await t.client.get_candles("EURUSD", "M15", 50))[-1]["closed"] is False
+        assert (await t.client.get_candles("EURUSD", "M15", 50))[-1].closed is False
 
         # end + count: the bars opened at or before end
-        before = await t.client.fetch_candles("EURUSD", "M15", 5, end=bars[-10].time_utc_ms)
+        before = await t.client.get_candles("EURUSD", "M15", 5, end=bars[-10].time_utc_ms)
         assert [b.time_utc_ms for b in before] == [b.time_utc_ms for b in bars[-14:-9]]
         assert all(b.closed for b in before)
         # start + end: bars opened in [start, end]
-        ranged = await t.client.fetch_candles("EURUSD", "M15", start=bars[5].time_utc_ms - 1,
+        ranged = await t.client.get_candles("EURUSD", "M15", start=bars[5].time_utc_ms - 1,
                                               end=bars[20].time_utc_ms + 1)
         assert [b.time_utc_ms for b in ranged] == [b.time_utc_ms for b in bars[5:21]]
 
         # default count, other timeframes, and the bound
-        assert len(await t.client.fetch_candles("GBPUSD", "H1")) == 100
-        most = await t.client.fetch_candles("EURUSD", "M1", MAX_CANDLES)  # over 1 MiB of JSON: paged
+        assert len(await t.client.get_candles("GBPUSD", "H1")) == 100
+        most = await t.client.get_candles("EURUSD", "M1", MAX_CANDLES)  # over 1 MiB of JSON: paged
         assert len(most) == MAX_CANDLES and most[-1].closed is False
         assert [b.time_broker for b in most] == sorted({b.time_broker for b in most})
 
@@ -189,7 +189,7 @@ async def test_candles_long_range_is_paged_without_gaps(nats_url):
     async with daemon_client(nats_url, "crange") as t:
         now = int(time.time() * 1000)
         start = now - 5 * 86400_000
-        bars = await t.client.fetch_candles("EURUSD", "M1", start=start, end=now)
+        bars = await t.client.get_candles("EURUSD", "M1", start=start, end=now)
         assert len(bars) > MAX_CANDLES  # more than one request's bound: the client followed "more"
         times = [b.time_utc_ms for b in bars]
         assert times == sorted(set(times)) and times[0] >= start
@@ -209,22 +209,22 @@ async def test_ticks_are_the_ticks_the_stream_published(nats_url):
         await t.col.wait_for(lambda: len(t.col.ticks["EURUSD"]) >= 60, timeout=10)
         streamed = list(t.col.ticks["EURUSD"])
         start, end = streamed[0].time_utc_ms, streamed[-1].time_utc_ms
-        got = await t.client.fetch_ticks("EURUSD", start, end)
+        got = await t.client.get_ticks("EURUSD", start, end)
         # The stream's first millisecond may have been cut by our subscription; compare after it.
         first_full = next(i for i, tk in enumerate(streamed) if tk.time_utc_ms != start)
         tail = [tk for tk in got if tk.time_utc_ms > start]
         assert tail == streamed[first_full:]
         assert all(start <= tk.time_utc_ms <= end for tk in got)
-        as_dicts = await t.client.get_ticks("EURUSD", start, end, count=10)
-        assert len(as_dicts) == 10 and as_dicts[0]["time_utc_ms"] == start
-        assert as_dicts[0]["time"] == as_dicts[0]["time_msc"] // 1000
+        few = await t.client.get_ticks("EURUSD", start, end, count=10)
+        assert len(few) == 10 and few[0].time_utc_ms == start
+        assert few[0].time == few[0].time_msc // 1000 and few[0]._asdict()["bid"] == few[0].bid
 
 
 async def test_ticks_skip_inside_one_millisecond_and_paging(nats_url):
     async with daemon_client(nats_url, "tpage", terminal={"sim": {"ticks_per_second": 40.0}}) as t:
         now = int(time.time() * 1000)
         start, end = now - 660_000, now - 60_000
-        got = await t.client.fetch_ticks("EURUSD", start, end)
+        got = await t.client.get_ticks("EURUSD", start, end)
         off = t.daemon.poller.utc.offset_ms
         direct = await t.daemon.conn.run_call(
             lambda api: api.copy_ticks_range("EURUSD", (start + off) // 1000, (end + off) // 1000 + 1, -1))
@@ -237,7 +237,7 @@ async def test_ticks_skip_inside_one_millisecond_and_paging(nats_url):
         assert page.more and 0 < len(page.ticks) < len(expected) and page.next_start == page.ticks[-1].time_utc_ms
         # A millisecond holding several ticks: skip leaves out that many at start itself.
         ms = next(m for m, n in _runs(expected) if n >= 2)
-        at_ms = await t.client.fetch_ticks("EURUSD", ms, ms)
+        at_ms = await t.client.get_ticks("EURUSD", ms, ms)
         assert len(at_ms) >= 2
         skipped = msgspec.json.decode((await t.nc.request(
             f"mt5.{t.account}.rpc.ticks",
@@ -245,8 +245,8 @@ async def test_ticks_skip_inside_one_millisecond_and_paging(nats_url):
             type=TicksReply)
         assert skipped.ticks == at_ms[1:]
         # Far past, far future and empty ranges are answered, empty or from the start of history.
-        assert await t.client.fetch_ticks("EURUSD", now + 86400_000, now + 2 * 86400_000) == []
-        oldest = await t.client.fetch_ticks("EURUSD", 0, now, count=5)
+        assert await t.client.get_ticks("EURUSD", now + 86400_000, now + 2 * 86400_000) == []
+        oldest = await t.client.get_ticks("EURUSD", 0, now, count=5)
         assert len(oldest) == 5 and oldest[0].time_utc_ms < now - 365 * 86400_000
 
 
@@ -266,11 +266,11 @@ def _runs(values):
 async def test_symbols(nats_url):
     async with daemon_client(nats_url, "syms") as t:
         specs = await t.client.get_symbols()
-        assert [s["symbol"] for s in specs] == SYMBOLS
-        by = {s["symbol"]: s for s in specs}
+        assert [s.symbol for s in specs] == SYMBOLS
+        by = {s.symbol: s for s in specs}
         direct = await t.daemon.conn.run_call(lambda api: api.symbol_info("#AAPL"))
-        assert by["#AAPL"]["digits"] == direct.digits and by["#AAPL"]["point"] == direct.point
-        assert by["#AAPL"]["trade_mode"] == direct.trade_mode and isinstance(by["EURUSD"]["spread"], int)
+        assert by["#AAPL"].digits == direct.digits and by["#AAPL"].point == direct.point
+        assert by["#AAPL"].trade_mode == direct.trade_mode and isinstance(by["EURUSD"].spread, int)
 
 
 async def test_health_probe_and_reconnect(nats_url):
@@ -279,9 +279,9 @@ async def test_health_probe_and_reconnect(nats_url):
         assert isinstance(h, HealthEvent) and h.event == "probe" and h.account == t.account
         assert h.connection_ok and h.auth_ok and h.breaker == "closed" and h.latency_ms is not None
         p = await t.client.probe()
-        assert set(p) == {"connection", "auth", "data_feed", "latency_ms", "breaker", "wedged"}
-        assert p["connection"] and p["auth"] and p["data_feed"] and p["breaker"] == "closed"
-        assert p["latency_ms"] > 0 and p["wedged"] is False
+        assert isinstance(p, HealthEvent) and p.event == "probe"
+        assert p.connection_ok and p.auth_ok and p.data_feed_ok and p.breaker == "closed"
+        assert p.latency_ms > 0 and p.wedged is False
         generation = t.daemon.conn.status().generation
         n = len(t.col.health)
         assert await t.client.reconnect() is True
@@ -343,7 +343,7 @@ async def test_validation_errors_are_400_with_a_safe_message(nats_url):
         with pytest.raises(MT5ValidationError, match="unknown symbol"):
             await t.client.get_ticks("NOPE", 0, 10)
         # The daemon keeps serving and streaming.
-        assert (await t.client.get_price("EURUSD"))["symbol"] == "EURUSD"
+        assert (await t.client.get_price("EURUSD")).symbol == "EURUSD"
         before = len(t.col.ticks["EURUSD"])
         await t.col.wait_for(lambda: len(t.col.ticks["EURUSD"]) > before, timeout=5)
 
@@ -372,6 +372,9 @@ async def test_breaker_open_is_503_and_price_still_answers(nats_url):
         # price needs no terminal: it answers (nothing known yet) while the breaker is open
         reply = await t.client.call("price", PriceRequest(symbols=["EURUSD"]), PriceReply)
         assert reply.prices == {} and reply.missing == ["EURUSD"]
+        # ... and one streamed symbol asked by name says why it has no price: the breaker.
+        with pytest.raises(MT5CircuitBreakerOpen, match="circuit breaker is open"):
+            await t.client.get_price("EURUSD")
         # health: a fresh probe that reports the open breaker
         h = await t.client.get_health()
         assert h.breaker == "open" and not h.connection_ok and h.latency_ms is None
@@ -396,7 +399,7 @@ async def test_terminal_connection_errors_are_502(nats_url):
         # History needs the broker clock, never seen while never connected: 502 too, saying so.
         with pytest.raises(MT5ConnectionError, match="not connected to the terminal yet"):
             await t.client.get_candles("EURUSD", "M1", 5)
-        assert (await t.client.probe())["connection"] is False
+        assert (await t.client.probe()).connection_ok is False
 
 
 async def test_terminal_timeout_is_504(nats_url):
@@ -428,7 +431,7 @@ async def test_hung_terminal_call_is_504_within_the_operation_timeout(nats_url):
         assert_error(code, headers, data, 504, "MT5TimeoutError")
         assert anyio.current_time() - t0 < 10.0  # answered, not stuck behind the 120 s hang
         # price is served from the cache all along
-        assert (await t.client.get_price("EURUSD"))["symbol"] == "EURUSD"
+        assert (await t.client.get_price("EURUSD")).symbol == "EURUSD"
 
 
 # -- concurrency -------------------------------------------------------------------------
@@ -463,7 +466,7 @@ async def test_slow_history_does_not_hold_up_price_or_its_own_endpoint(nats_url)
         result: dict = {}
 
         async def slow():
-            result["ticks"] = await t.client.fetch_ticks("EURUSD", 0, int(time.time() * 1000), count=10)
+            result["ticks"] = await t.client.get_ticks("EURUSD", 0, int(time.time() * 1000), count=10)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(slow)
@@ -471,7 +474,7 @@ async def test_slow_history_does_not_hold_up_price_or_its_own_endpoint(nats_url)
             # The terminal thread is busy with the slow call; price does not need it.
             t0 = time.perf_counter()
             for _ in range(20):
-                assert (await t.client.get_price("EURUSD"))["symbol"] == "EURUSD"
+                assert (await t.client.get_price("EURUSD")).symbol == "EURUSD"
             assert time.perf_counter() - t0 < 1.0
             # The same endpoint takes more requests meanwhile (this one fails validation at once).
             with pytest.raises(MT5ValidationError):
@@ -551,7 +554,7 @@ async def test_unexpected_exception_is_500_without_detail(nats_url, caplog):
         assert bugs and "secret internal detail" in bugs[0].detail  # the detail is in the log only
         assert {r.endpoint for r in bugs} >= {"account", "symbols", "health", "reconnect"}
         # The service is still up.
-        assert (await f.client.get_price("EURUSD"))["bid"] == 1.0
+        assert (await f.client.get_price("EURUSD")).bid == 1.0
 
 
 async def test_busy_is_503_at_once_and_the_deadline_is_504(nats_url):
@@ -586,7 +589,7 @@ async def test_busy_is_503_at_once_and_the_deadline_is_504(nats_url):
             assert_error(code, headers, data, 503, "MT5BusyError", contains="busy")
             assert f.svc.refused_busy == 1
             # price is answered inline: busy never applies to it
-            assert (await f.client.get_price("EURUSD"))["symbol"] == "EURUSD"
+            assert (await f.client.get_price("EURUSD")).symbol == "EURUSD"
         # The two slow ones hit the service's deadline (connection + operation timeout + 1 s).
         assert all(isinstance(r, MT5TimeoutError) for r in results), results
         assert f.svc.in_flight == 0

@@ -198,10 +198,10 @@ async def test_hostile_payloads_get_clean_replies_and_streaming_goes_on(nats_url
 
             # The service is still up and answers normal requests.
             client = MT5Client(nc, account=account)
-            assert (await client.get_price("EURUSD"))["symbol"] == "EURUSD"
-            assert (await client.get_account_info())["login"] == 10001234
+            assert (await client.get_price("EURUSD")).symbol == "EURUSD"
+            assert (await client.get_account_info()).login == 10001234
             assert len(await client.get_candles("EURUSD", "M1", 10)) == 10
-            assert (await client.probe())["connection"] is True
+            assert (await client.probe()).connection_ok is True
             assert (await client.get_book("EURUSD")).symbol == "EURUSD"
             assert (await client.get_symbol("GBPUSD")).name == "GBPUSD"
             assert (await client.get_terminal()).connected
@@ -223,7 +223,7 @@ async def test_hostile_payloads_get_clean_replies_and_streaming_goes_on(nats_url
             # ...and without a gap: what the stream published is the terminal's history.
             streamed = list(col.ticks["EURUSD"])
             start, end = streamed[0].time_utc_ms, streamed[-1].time_utc_ms
-            history = await client.fetch_ticks("EURUSD", start, end)
+            history = await client.get_ticks("EURUSD", start, end)
             tail = [t for t in history if t.time_utc_ms > start]
             assert tail == [t for t in streamed if t.time_utc_ms > start]
     finally:

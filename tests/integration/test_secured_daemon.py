@@ -14,7 +14,7 @@ import pytest
 from mt5d.daemon.app import Daemon
 from mt5d.daemon.natsserver import NatsServer
 from mt5d.daemon.secrets import Secret
-from mt5d import MT5Client, MT5TimeoutError
+from mt5d import MT5AuthError, MT5Client, MT5ConnectionError, MT5TimeoutError
 from tests.integration.helpers import make_config, running
 
 pytestmark = pytest.mark.anyio
@@ -46,8 +46,11 @@ async def test_reader_refused_operator_served_stream_goes_on(secured):
     async def on_error(err):
         refusals.append(str(err))
 
-    reader_nc = await nats.connect(secured.url, user="reader", password=PASSWORDS["reader"], error_cb=on_error)
-    operator_nc = await nats.connect(secured.url, user="operator", password=PASSWORDS["operator"])
+    # Each on its own inbox prefix, the only one ops/nats-server.conf lets it read.
+    reader_nc = await nats.connect(secured.url, user="reader", password=PASSWORDS["reader"], error_cb=on_error,
+                                   inbox_prefix="_INBOX_reader")
+    operator_nc = await nats.connect(secured.url, user="operator", password=PASSWORDS["operator"],
+                                     inbox_prefix="_INBOX_operator")
     ticks: list[bytes] = []
     wanted = {"n": 1, "event": anyio.Event()}
 
@@ -69,7 +72,7 @@ async def test_reader_refused_operator_served_stream_goes_on(secured):
         async with running(daemon):
             await wait_ticks(1)
             # The reader may read prices but not the account, nor force a reconnect.
-            assert (await reader.get_price("EURUSD"))["symbol"] == "EURUSD"
+            assert (await reader.get_price("EURUSD")).symbol == "EURUSD"
             with pytest.raises(MT5TimeoutError):
                 await reader.get_account_info()
             with pytest.raises(MT5TimeoutError):
@@ -79,7 +82,7 @@ async def test_reader_refused_operator_served_stream_goes_on(secured):
             await reader_nc.flush()
             before = len(ticks)
             # The operator may; and the stream went on all along.
-            assert (await operator.get_account_info())["login"] == 10001234
+            assert (await operator.get_account_info()).login == 10001234
             await wait_ticks(before + 10)
     finally:
         await reader_nc.close()
@@ -88,3 +91,25 @@ async def test_reader_refused_operator_served_stream_goes_on(secured):
     for subject in ("rpc.account", "rpc.reconnect", ".tick.eurusd"):
         assert any("permissions violation" in r and subject in r for r in refused), refusals
     assert all(b'"bid":0}' not in t for t in ticks)
+
+
+async def test_client_logins_from_a_url(secured):
+    """MT5Client built from a URL logs in as its user, on that user's inbox prefix; a refused
+    login is MT5AuthError, a default-prefix client cannot get any reply."""
+    cfg = make_config(secured.url, ACCOUNT, nats={"user": "mt5d"}, stream={"symbols": ["EURUSD"], "timeframes": []})
+    daemon = Daemon(cfg, secrets={"NATS_PASSWORD": Secret(PASSWORDS["mt5d"])})
+    async with running(daemon):
+        async with MT5Client(secured.url, account=ACCOUNT, user="reader", nats_password=PASSWORDS["reader"]) as r:
+            assert r.inbox_prefix == "_INBOX_reader" and (await r.probe()).account == ACCOUNT
+        host = secured.url.removeprefix("nats://")
+        url = f"nats://operator:{PASSWORDS['operator']}@{host}"
+        async with MT5Client(url, account=ACCOUNT) as op:  # the user from the URL
+            assert op.inbox_prefix == "_INBOX_operator" and (await op.get_account_info()).login == 10001234
+        with pytest.raises(MT5AuthError, match="refused the login of reader") as info:
+            await MT5Client(secured.url, account=ACCOUNT, user="reader", nats_password="wrong").connect()
+        assert "wrong" not in str(info.value)
+        wrong_prefix = MT5Client(secured.url, account=ACCOUNT, user="reader", nats_password=PASSWORDS["reader"],
+                                 inbox_prefix="_INBOX", timeout=1.0)
+        with pytest.raises((MT5TimeoutError, MT5ConnectionError)):
+            await wrong_prefix.connect()  # its replies' subscription is refused: no answer reaches it
+        await wrong_prefix.disconnect()

@@ -39,8 +39,10 @@ def test_unknown_key_is_refused():
 
 def test_cross_field_checks():
     out = problems({"stream": {"timeframes": ["M7"], "server_utc_offset": "2h"},
-                    "breaker": {"backoff_base_seconds": 100, "backoff_max_seconds": 10}})
+                    "breaker": {"backoff_base_seconds": 100, "backoff_max_seconds": 10},
+                    "nats": {"inbox_prefix": "_INBOX.>"}})
     text = "\n".join(out)
+    assert "nats.inbox_prefix: '_INBOX.>'" in text
     assert "stream.timeframes: 'M7'" in text
     assert "stream.server_utc_offset: '2h'" in text
     assert "breaker.backoff_max_seconds" in text
