@@ -643,7 +643,7 @@ async def test_health_requests_neither_publish_health_events_nor_feed_the_watchd
             client = MT5Client(nc, account=account)
             events, watchdogs = len(col.health), notifier.watchdogs
             replies = await asyncio.gather(*(client.probe() for _ in range(64)))  # max_in_flight
-            assert all(r["connection"] is True for r in replies)
+            assert all(r.connection_ok is True for r in replies)
             # What the daemon published before its replies is out once later ticks are.
             seen = len(col.ticks["EURUSD"])
             await col.wait_for(lambda: len(col.ticks["EURUSD"]) >= seen + 3, timeout=10, what="later ticks")
