@@ -111,23 +111,27 @@ async def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     server = NatsServer().start()
-    with tempfile.TemporaryDirectory() as tmp:
-        daemon = start_daemon(server.url, args.max_in_flight, Path(tmp))
-        errors: list[str] = []
-        threading.Thread(target=lambda: errors.extend(daemon.stderr), daemon=True).start()
-        nc = await open_nats(server.url)
-        try:
-            client = MT5Client(nc, account=ACCOUNT, timeout=10.0)
-            await wait_ready(client)
-            results = []
-            for endpoint in ("price", "account"):
-                for concurrency in (1, 100):
-                    results.append(await phase(client, endpoint, concurrency, args.seconds))
-        finally:
-            await nc.close()
-            daemon.terminate()
-            daemon.wait(15)
-            server.stop()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            daemon = start_daemon(server.url, args.max_in_flight, Path(tmp))
+            errors: list[str] = []
+            threading.Thread(target=lambda: errors.extend(daemon.stderr), daemon=True).start()
+            try:
+                nc = await open_nats(server.url)
+                try:
+                    client = MT5Client(nc, account=ACCOUNT, timeout=10.0)
+                    await wait_ready(client)
+                    results = []
+                    for endpoint in ("price", "account"):
+                        for concurrency in (1, 100):
+                            results.append(await phase(client, endpoint, concurrency, args.seconds))
+                finally:
+                    await nc.close()
+            finally:
+                daemon.terminate()
+                daemon.wait(15)
+    finally:
+        server.stop()  # also when the daemon never started
     info = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "seconds_per_phase": args.seconds,
             "max_in_flight": args.max_in_flight, "daemon_error_lines": len(errors)}
     if args.json:
