@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import anyio
+import msgspec
 
 from mt5d.actors.logic.breaker import BreakerPolicy
 from mt5d.actors.books import Books
@@ -45,7 +46,10 @@ def open_terminal(cfg: Config, *, clock: Callable[[], float] = time.time, passwo
             seed=sim.seed, ticks_per_second=sim.ticks_per_second, synthetic_symbols=sim.synthetic_symbols,
             faults=tuple((f.kind, f.at, f.duration) for f in sim.faults), login=term.login or 10001234,
             password=password, server=term.server or "MT5Sim-Demo", broker_tz=sim.broker_tz, clock=clock,
-            book_depth=dict(sim.book_depth))
+            book_depth=dict(sim.book_depth),
+            account_mode=sim.account_mode, balance=sim.balance, leverage=sim.leverage,
+            commission_per_lot=sim.commission_per_lot, fill_volume=sim.fill_volume,
+            trade_allowed=sim.trade_allowed, trades=[msgspec.structs.asdict(t) for t in sim.trades])
     if term.backend == "native":
         return native_module()
     return RpycTerminal(term.rpyc_host, term.rpyc_port, request_timeout=term.operation_timeout + 5.0)

@@ -37,6 +37,20 @@ class FaultConfig(_Section):
     duration: PositiveFloat
 
 
+class TradeScriptConfig(_Section):
+    """One scripted trade: what a person does at the terminal, ``at`` seconds after the sim started."""
+
+    at: NonNegFloat
+    action: Literal["buy", "sell", "buy_limit", "sell_limit", "buy_stop", "sell_stop", "modify", "close", "cancel"]
+    symbol: str = ""
+    volume: NonNegFloat = 0.0
+    price: NonNegFloat = 0.0
+    sl: NonNegFloat = 0.0
+    tp: NonNegFloat = 0.0
+    # The position/order to modify, close or cancel: a ticket, or 1..999 = the one scripted trade #k made.
+    ticket: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
 class SimConfig(_Section):
     seed: int = 42
     # Symbols the sim offers beyond its built-in catalogue (for load tests).
@@ -46,6 +60,15 @@ class SimConfig(_Section):
     faults: tuple[FaultConfig, ...] = ()
     # Depth of market levels per side, per symbol (0: no book), over the catalogue's own.
     book_depth: dict[str, Annotated[int, msgspec.Meta(ge=0, le=64)]] = {}
+    # The account (see daemon/terminal/sim/trading.py).
+    account_mode: Literal["hedging", "netting"] = "hedging"
+    balance: NonNegFloat = 10000.0
+    leverage: PositiveInt = 100
+    commission_per_lot: NonNegFloat = 0.0
+    # At most this volume of a pending order fills per tick (0: all at once); more makes partial fills.
+    fill_volume: NonNegFloat = 0.0
+    trade_allowed: bool = True
+    trades: tuple[TradeScriptConfig, ...] = ()
 
 
 class TerminalConfig(_Section):
@@ -243,6 +266,18 @@ def _cross_checks(cfg: Config) -> list[str]:
                         f"wildcards, e.g. \"_INBOX_mt5d\")")
     if cfg.terminal.backend != "sim" and cfg.terminal.login == 0:
         problems.append("terminal.login: 0 (expected the account login, or MT5_LOGIN in the environment)")
+    for i, t in enumerate(cfg.terminal.sim.trades):
+        where = f"terminal.sim.trades[{i}]"
+        if t.action in ("modify", "close", "cancel"):
+            if not t.ticket:
+                problems.append(f"{where}.ticket: 0 (expected the ticket, or k for scripted trade #k, for {t.action})")
+        else:
+            if not t.symbol:
+                problems.append(f"{where}.symbol: empty (expected a sim symbol for {t.action})")
+            if t.volume <= 0:
+                problems.append(f"{where}.volume: {t.volume} (expected > 0 for {t.action})")
+            if t.action not in ("buy", "sell") and t.price <= 0:
+                problems.append(f"{where}.price: {t.price} (expected > 0 for {t.action})")
     problems.extend(telemetry_problems(cfg.telemetry))
     return problems
 

@@ -361,4 +361,38 @@ TerminalInfo = namedtuple("TerminalInfo", (
 # One depth-of-market entry (market_book_get returns a tuple of them).
 BookInfo = namedtuple("BookInfo", "type price volume volume_dbl")
 
-__all__ = [n for n in dir() if n.isupper() or n in ("Tick", "SymbolInfo", "AccountInfo", "TerminalInfo", "BookInfo")]
+# Trading structures: field order of the real package's printed results (the
+# official history_deals_get, orders_get, positions_get, order_check and
+# order_send pages) and of the metatrader5-stubs listing.
+TradePosition = namedtuple("TradePosition", (
+    "ticket time time_msc time_update time_update_msc type magic identifier reason volume price_open "
+    "sl tp price_current swap profit symbol comment external_id"
+).split())
+
+TradeOrder = namedtuple("TradeOrder", (
+    "ticket time_setup time_setup_msc time_done time_done_msc time_expiration type type_time type_filling "
+    "state magic position_id position_by_id reason volume_initial volume_current price_open sl tp "
+    "price_current price_stoplimit symbol comment external_id"
+).split())
+
+TradeDeal = namedtuple("TradeDeal", (
+    "ticket order time time_msc type entry magic position_id reason volume price commission swap profit "
+    "fee symbol comment external_id"
+).split())
+
+TradeRequest = namedtuple("TradeRequest", (
+    "action magic order symbol volume price stoplimit sl tp deviation type type_filling type_time "
+    "expiration comment position position_by"
+).split())
+
+OrderSendResult = namedtuple("OrderSendResult", (
+    "retcode deal order volume price bid ask comment request_id retcode_external request"
+).split())
+
+OrderCheckResult = namedtuple("OrderCheckResult", (
+    "retcode balance equity profit margin margin_free margin_level comment request"
+).split())
+
+_TYPES = ("Tick", "SymbolInfo", "AccountInfo", "TerminalInfo", "BookInfo", "TradePosition", "TradeOrder", "TradeDeal",
+          "TradeRequest", "OrderSendResult", "OrderCheckResult")
+__all__ = [n for n in dir() if n.isupper() or n in _TYPES]

@@ -142,8 +142,10 @@ def test_error_codes_follow_the_package():
     assert sim.copy_ticks_from("EURUSD", T0, 10, 5) is None and sim.last_error() == (-2, "Terminal: Invalid params")
     assert sim.symbol_info_tick(42) is None and sim.last_error() == (-2, "Invalid arguments")
     assert sim.copy_ticks_from("EURUSD", "yesterday", 10, -1) is None and sim.last_error() == (-2, "Invalid arguments")
-    assert sim.order_send({"action": 1}) is None
-    assert sim.last_error() == (-7, "Terminal: Unsupported function")
+    assert sim.order_send("buy") is None and sim.last_error() == (-2, "Invalid arguments")
+    assert sim.order_send({"action": 1, "volume": "1"}) is None
+    assert sim.last_error() == (-2, 'Invalid "volume" argument')
+    assert sim.order_send({"action": 1}).retcode == C.TRADE_RETCODE_INVALID  # well-formed, refused
     assert sim.market_book_get("EURUSD") is None and sim.last_error() == (-1, "Terminal: Call failed")  # not added
     assert sim.orders_total() == 0 and sim.positions_total() == 0
     assert sim.orders_get() == () and sim.positions_get(symbol="EURUSD") == ()
@@ -361,7 +363,7 @@ def test_mt5sim_module_is_a_drop_in(monkeypatch):
         assert len(ticks) > 0 and ticks.dtype == mt5.TICK_DTYPE and tuple(ticks[-1].item()) == tuple(tick)
         rates = mt5.copy_rates_from_pos("EURUSD", mt5.TIMEFRAME_M1, 0, 10)
         assert len(rates) == 10 and rates["time"][-1] == tick.time // 60 * 60
-        assert mt5.order_send({}) is None and mt5.last_error()[0] == mt5.RES_E_UNSUPPORTED
+        assert mt5.order_send({}).retcode == mt5.TRADE_RETCODE_INVALID
         assert mt5.positions_total() == 0
         mt5.shutdown()
         assert mt5.account_info() is None

@@ -35,8 +35,9 @@ copy_rates_from_pos start_pos beyond history/maxbars   None         (-1, 'Termin
 copy_rates_range / copy_rates_from: nothing in range   empty array  (1, 'Success')
 symbol_select(unknown)                                 False        (-1, 'Terminal: Call failed')
 initialize/login: wrong login, password or server      False        (-6, 'Terminal: Authorization failed')
-order_send, order_check, order_calc_*                 None/False   (-7, 'Terminal: Unsupported function')
 market_book_*                                          see sim/book.py (its own table)
+order_send/order_check: request not a dict, bad type   None         (-2, 'Invalid arguments') / (-2, 'Invalid "volume" argument')
+history_*_get/_total without a date range or ticket    None         (-2, 'Invalid arguments')
 =====================================================  ===========  ===================================================
 
 Codes come from the real package (``RES_E_*``) and the descriptions are the
@@ -45,7 +46,9 @@ live terminals: (-4, 'Terminal: Not found') for symbol_info/symbol_info_tick/
 copy_ticks_range misses, (-1, 'Terminal: Call failed') for bar-read misses
 (also beyond maxbars), (-10004, 'No IPC connection') before initialize. The
 Market Watch miss on ticks and symbol_select(unknown) are choices.
-orders_total/positions_total/history_*_total return 0 and *_get return ().
+Trading (positions, orders, deals, order_send/check, order_calc_*) is an order
+engine with MT5's semantics: see ``trading.py`` (its retcode table) and
+``[[terminal.sim.trades]]`` in the config; ``*_get`` with no match return ().
 
 Other details: copy_ticks_range covers date_from*1000 <= time_msc <=
 date_to*1000 (both ends inclusive, as MQL5 CopyTicksRange); a selected symbol

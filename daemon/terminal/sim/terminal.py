@@ -9,7 +9,6 @@ from __future__ import annotations
 import calendar
 import datetime as _dt
 import math
-import re
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -22,8 +21,10 @@ from mt5d.daemon.terminal.sim.book import book_for
 from mt5d.daemon.terminal.sim.specs import class_spec
 from mt5d.daemon.terminal.sim.clock import BrokerClock
 from mt5d.daemon.terminal.sim.faults import Fault, as_fault
+from mt5d.daemon.terminal.sim.groups import filter_group as _filter_group
 from mt5d.daemon.terminal.sim.market import (
     DAY_MS,
+    MAX_TICKS_PER_REQUEST,
     HISTORY_START,
     HISTORY_START_DAY,
     Market,
@@ -33,6 +34,7 @@ from mt5d.daemon.terminal.sim.market import (
     week_start,
 )
 from mt5d.daemon.terminal.sim.symbols import SimSymbol, default_symbols
+from mt5d.daemon.terminal.sim.trading import ScriptedTrade, TradeArgError, Trading
 
 __all__ = ["SimTerminal", "MAXBARS", "BUILD"]
 
@@ -114,6 +116,13 @@ class SimTerminal:
         password: str | None = None,
         server: str = "MT5Sim-Demo",
         broker_tz: str = "EET",
+        account_mode: str = "hedging",
+        balance: float = 10000.0,
+        leverage: int = 100,
+        commission_per_lot: float = 0.0,
+        fill_volume: float = 0.0,
+        trade_allowed: bool = True,
+        trades: Sequence[ScriptedTrade | dict] = (),
     ) -> None:
         self._clock = clock
         self.start = float(clock())
@@ -137,6 +146,15 @@ class SimTerminal:
         self._released = threading.Event()
         self._last_error: tuple[int, str] = OK
         self._next_event = 0
+        script = [t if isinstance(t, ScriptedTrade) else ScriptedTrade(**t) for t in trades]
+        # The account lives on the trade server: it survives terminal restarts and disconnects.
+        self.trading = Trading(
+            symbols={s.name: s for s in self._symbols}, quote=self._quote_at, ticks=self._ticks_between,
+            static_rates=_USD_RATE, start_bms=self.broker.broker_ms(self.start), mode=account_mode,
+            balance=balance, leverage=leverage, commission_per_lot=commission_per_lot, fill_volume=fill_volume,
+            script=[(self.broker.broker_ms(self.start + t.at), t) for t in script],
+        )
+        self.trading.trade_allowed = bool(trade_allowed)
         self._fresh_state()
 
     def _fresh_state(self) -> None:
@@ -160,6 +178,12 @@ class SimTerminal:
     def release_hangs(self) -> None:
         """Let calls blocked by a ``hang`` fault return (failing with an IPC timeout), now and later."""
         self._released.set()
+
+    def _quote_at(self, symbol: str, bms: int):
+        return self._market.last_tick(self._models[symbol], bms, C.Tick._make)
+
+    def _ticks_between(self, symbol: str, a_ms: int, b_ms: int):
+        return self._market.ticks(self._models[symbol], a_ms, b_ms, MAX_TICKS_PER_REQUEST, b_ms, C.COPY_TICKS_ALL)
 
     @property
     def symbol_names(self) -> tuple[str, ...]:
@@ -235,6 +259,7 @@ class SimTerminal:
                 self._wait_hangs(self._clock())
             with self._lock:
                 now = self._gate(cls)
+                self.trading.advance(self.broker.broker_ms(now))  # the server side moves on with time
                 result = fn(now)
                 self._last_error = OK
                 return result
@@ -323,18 +348,19 @@ class SimTerminal:
 
     def account_info(self):
         def run(now: float):
-            profit = round(40.0 * math.sin(now * (2 * math.pi / 3600.0))
-                           + 7.5 * math.sin(now * (2 * math.pi / 317.0)), 2)
-            balance = 10000.0
-            equity = round(balance + profit, 2)
+            tr = self.trading
+            f = tr.figures(self.broker.broker_ms(now))
+            margin_mode = (C.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING if tr.mode == "hedging"
+                           else C.ACCOUNT_MARGIN_MODE_RETAIL_NETTING)
             return C.AccountInfo(
-                login=self._account, trade_mode=C.ACCOUNT_TRADE_MODE_DEMO, leverage=100, limit_orders=200,
-                margin_so_mode=C.ACCOUNT_STOPOUT_MODE_PERCENT, trade_allowed=True, trade_expert=True,
-                margin_mode=C.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING, currency_digits=2, fifo_close=False,
-                balance=balance, credit=0.0, profit=profit, equity=equity, margin=0.0, margin_free=equity,
-                margin_level=0.0, margin_so_call=50.0, margin_so_so=30.0, margin_initial=0.0,
-                margin_maintenance=0.0, assets=0.0, liabilities=0.0, commission_blocked=0.0,
-                name="MT5Sim Demo Account", server=self._server, currency="USD", company=COMPANY,
+                login=self._account, trade_mode=C.ACCOUNT_TRADE_MODE_DEMO, leverage=tr.leverage,
+                limit_orders=tr.limit_orders, margin_so_mode=C.ACCOUNT_STOPOUT_MODE_PERCENT,
+                trade_allowed=True, trade_expert=True, margin_mode=margin_mode, currency_digits=2,
+                fifo_close=False, balance=f["balance"], credit=0.0, profit=f["profit"], equity=f["equity"],
+                margin=f["margin"], margin_free=f["margin_free"], margin_level=f["margin_level"],
+                margin_so_call=50.0, margin_so_so=30.0, margin_initial=0.0, margin_maintenance=0.0, assets=0.0,
+                liabilities=0.0, commission_blocked=0.0, name="MT5Sim Demo Account", server=self._server,
+                currency="USD", company=COMPANY,
             )
 
         return self._call(_DATA, run)
@@ -345,7 +371,7 @@ class SimTerminal:
             ping = 12000 + mix(self.seed ^ int(now)) % 25000 if connected else 0
             return C.TerminalInfo(
                 community_account=False, community_connection=False, connected=connected,
-                dlls_allowed=False, trade_allowed=True, tradeapi_disabled=False, email_enabled=False,
+                dlls_allowed=False, trade_allowed=self.trading.trade_allowed, tradeapi_disabled=False, email_enabled=False,
                 ftp_enabled=False, notifications_enabled=False, mqid=False, build=BUILD, maxbars=MAXBARS,
                 codepage=0, ping_last=int(ping), community_balance=0.0, retransmission=0.0,
                 company=COMPANY, name="MetaTrader 5", language="English",
@@ -590,49 +616,118 @@ class SimTerminal:
 
         return self._call(_DATA, run)
 
-    # -- trading and the rest: out of scope -------------------------------------
+    # -- trading (see trading.py) -------------------------------------------------
+    def _trade(self, fn: Callable[[float], Any]) -> Any:
+        def run(now: float):
+            try:
+                return fn(now)
+            except TradeArgError as err:
+                raise _Fail((C.RES_E_INVALID_PARAMS, str(err))) from None
+
+        return self._call(_DATA, run)
+
+    @staticmethod
+    def _filters(symbol: Any, group: Any, ticket: Any) -> None:
+        if symbol is not None and not isinstance(symbol, str):
+            raise _Fail((C.RES_E_INVALID_PARAMS, 'Invalid "symbol" argument'))
+        if group is not None and not isinstance(group, str):
+            raise _Fail((C.RES_E_INVALID_PARAMS, 'Invalid "group" argument'))
+        if ticket is not None and (isinstance(ticket, bool) or not isinstance(ticket, (int, np.integer))):
+            raise _Fail((C.RES_E_INVALID_PARAMS, 'Invalid "ticket" argument'))
+
     def orders_total(self):
-        return self._call(_DATA, lambda now: 0)
+        return self._call(_DATA, lambda now: len(self.trading.orders))
 
     def orders_get(self, symbol: str | None = None, group: str | None = None, ticket: int | None = None):
-        return self._call(_DATA, lambda now: ())
+        def run(now: float):
+            self._filters(symbol, group, ticket)
+            return self.trading.order_tuples(self.broker.broker_ms(now), symbol, group,
+                                             None if ticket is None else int(ticket))
+
+        return self._call(_DATA, run)
 
     def positions_total(self):
-        return self._call(_DATA, lambda now: 0)
+        return self._call(_DATA, lambda now: len(self.trading.positions))
 
     def positions_get(self, symbol: str | None = None, group: str | None = None, ticket: int | None = None):
-        return self._call(_DATA, lambda now: ())
+        def run(now: float):
+            self._filters(symbol, group, ticket)
+            return self.trading.position_tuples(self.broker.broker_ms(now), symbol, group,
+                                                None if ticket is None else int(ticket))
+
+        return self._call(_DATA, run)
+
+    def _history_args(self, date_from, date_to, group, ticket, position) -> tuple[int, int]:
+        self._filters(None, group, ticket)
+        if position is not None and (isinstance(position, bool) or not isinstance(position, (int, np.integer))):
+            raise _Fail((C.RES_E_INVALID_PARAMS, 'Invalid "position" argument'))
+        if ticket is not None or position is not None:
+            return 0, 0
+        if date_from is None or date_to is None:
+            raise _Fail(E_ARGS)
+        return _seconds(date_from), _seconds(date_to)
 
     def history_orders_total(self, date_from=None, date_to=None):
-        return self._call(_DATA, lambda now: 0)
+        def run(now: float):
+            a, b = self._history_args(date_from, date_to, None, None, None)
+            return len(self.trading.history_order_tuples(a, b))
+
+        return self._call(_DATA, run)
 
     def history_orders_get(self, date_from=None, date_to=None, group=None, ticket=None, position=None):
-        return self._call(_DATA, lambda now: ())
+        def run(now: float):
+            a, b = self._history_args(date_from, date_to, group, ticket, position)
+            return self.trading.history_order_tuples(a, b, group, None if ticket is None else int(ticket),
+                                                     None if position is None else int(position))
+
+        return self._call(_DATA, run)
 
     def history_deals_total(self, date_from=None, date_to=None):
-        return self._call(_DATA, lambda now: 0)
+        def run(now: float):
+            a, b = self._history_args(date_from, date_to, None, None, None)
+            return len(self.trading.history_deal_tuples(a, b))
+
+        return self._call(_DATA, run)
 
     def history_deals_get(self, date_from=None, date_to=None, group=None, ticket=None, position=None):
-        return self._call(_DATA, lambda now: ())
-
-    def _unsupported(self, fail: Any = None) -> Any:
         def run(now: float):
-            raise _Fail(E_UNSUPPORTED)
+            a, b = self._history_args(date_from, date_to, group, ticket, position)
+            return self.trading.history_deal_tuples(a, b, group, None if ticket is None else int(ticket),
+                                                    None if position is None else int(position))
 
-        return self._call(_DATA, run, fail)
+        return self._call(_DATA, run)
 
     def order_send(self, request: Any = None):
-        return self._unsupported()
+        return self._trade(lambda now: self.trading.send(request, self.broker.broker_ms(now)))
 
     def order_check(self, request: Any = None):
-        return self._unsupported()
+        return self._trade(lambda now: self.trading.check(request, self.broker.broker_ms(now)))
+
+    def _calc_args(self, action: Any, symbol: Any, volume: Any, *prices: Any) -> int:
+        a = _int_arg(action)
+        if a not in (C.ORDER_TYPE_BUY, C.ORDER_TYPE_SELL):
+            raise _Fail(E_ARGS)
+        self._model(symbol, E_ARGS, None)
+        for v in (volume, *prices):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v) or v < 0:
+                raise _Fail(E_ARGS)
+        return a
 
     def order_calc_margin(self, action: Any = None, symbol: Any = None, volume: Any = None, price: Any = None):
-        return self._unsupported()
+        def run(now: float):
+            self._calc_args(action, symbol, volume, price)
+            return round(self.trading.margin_of(symbol, float(volume), float(price), self.broker.broker_ms(now)), 2)
+
+        return self._call(_DATA, run)
 
     def order_calc_profit(self, action: Any = None, symbol: Any = None, volume: Any = None,
                           price_open: Any = None, price_close: Any = None):
-        return self._unsupported()
+        def run(now: float):
+            a = self._calc_args(action, symbol, volume, price_open, price_close)
+            return round(self.trading.profit_of(symbol, a, float(volume), float(price_open), float(price_close),
+                                                self.broker.broker_ms(now)), 2)
+
+        return self._call(_DATA, run)
 
     # -- depth of market (model and error table: sim/book.py) ---------------------
     def market_book_add(self, symbol: Any = None) -> bool:
@@ -667,17 +762,3 @@ class SimTerminal:
         return self._call(_DATA, run, False)
 
 
-def _filter_group(names: list[str], group: str) -> list[str]:
-    """MT5 group filter: comma-separated masks with '*', '!' excludes (applied in order)."""
-    out: list[str] = []
-    for raw in group.split(","):
-        mask = raw.strip()
-        if not mask:
-            continue
-        neg = mask.startswith("!")
-        rx = re.compile("^" + ".*".join(re.escape(p) for p in mask.lstrip("!").split("*")) + "$", re.I)
-        if neg:
-            out = [n for n in out if not rx.match(n)]
-        else:
-            out += [n for n in names if rx.match(n) and n not in out]
-    return out
