@@ -20,3 +20,7 @@ class Batch:
     cursors: dict = field(default_factory=dict)  # symbol -> TickCursor
     bars: dict = field(default_factory=dict)  # (symbol, timeframe) -> last closed bar time
     books: list = field(default_factory=list)  # mt5d.book.Book snapshots that changed
+    # Account tracking (actors.account): (kind, symbol, struct) in publishing order, and
+    # the newest deal among them as (time_msc, ticket), saved when NATS confirms it.
+    account: list = field(default_factory=list)
+    deal_cursor: tuple | None = None

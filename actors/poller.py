@@ -56,8 +56,10 @@ class Poller:
         telemetry: Telemetry | None = None,
         resume: tuple[dict, dict] = ({}, {}),
         books: Books | None = None,
+        account=None,  # actors.account.AccountTracker: positions/orders/deals/account in the same hop
     ) -> None:
         self._books = books  # depth of market: read in the same hop (actors/books.py)
+        self._account = account
         self._tel = telemetry or Telemetry.disabled()
         self._conn = conn
         self._timeframes = timeframes
@@ -94,7 +96,7 @@ class Poller:
                 batch = None
             else:
                 self._tel.poll_cycle(time.perf_counter() - t0)
-            if batch is not None and (batch.ticks or batch.candles or batch.forming or batch.books):
+            if batch is not None and (batch.ticks or batch.candles or batch.forming or batch.books or batch.account):
                 await self._out.send(batch)
             if batch is not None and batch.ticks:
                 quiet_since = anyio.current_time()
@@ -118,15 +120,23 @@ class Poller:
                         if (s, tf) not in self.trackers and self._newest_s.get(s)]
         forming = self._forming_due(symbols) if self._forming_interval else []
         book_symbols = self._books.due(self._conn.status().books, anyio.current_time()) if self._books else []
+        # Account tracking needs UTC for its times: it starts once the broker offset is known.
+        account = (self._account.prepare(anyio.current_time(), now_broker_s)
+                   if self._account is not None and now_broker_s is not None else None)
 
         def hop(api: TerminalApi):
             return (collect(api, cursors, due, new_trackers, forming, now_broker_s),
-                    read_books(api, book_symbols) if book_symbols else None)
+                    read_books(api, book_symbols) if book_symbols else None,
+                    account(api) if account is not None else None)
 
-        (ticks_by_symbol, bars, new_bars, forming_bars, bad), book_reads = await self._conn.run_call(hop)
+        (ticks_by_symbol, bars, new_bars, forming_bars, bad), book_reads, account_read = await self._conn.run_call(hop)
         batch = self._absorb(ticks_by_symbol, bars, new_bars, forming_bars, bad, wall)
         if book_reads:
             batch.books = self._books.absorb(book_reads, self.utc)
+        if account_read is not None:
+            batch.account = self._account.absorb(account_read, anyio.current_time(), int(wall * 1000),
+                                                 self.utc.offset_ms)
+            batch.deal_cursor = self._account.deal_cursor if any(k == "deal" for k, _, _ in batch.account) else None
         return batch
 
     def _forming_due(self, symbols) -> list[tuple[str, str]]:

@@ -93,7 +93,7 @@ class Publisher:
                         try:
                             await self._nc.flush(timeout=2)
                             for batch, _ in self._unconfirmed:
-                                self._state.confirmed(batch.cursors, batch.bars)
+                                self._state.confirmed(batch.cursors, batch.bars, batch.deal_cursor)
                         except _RETRYABLE:
                             pass  # not confirmed: the next start sends them again
                 self._state.save()
@@ -135,6 +135,10 @@ class Publisher:
             msgs.append((subj.candle_forming(c.symbol, c.timeframe), enc(c), None))
         for b in batch.books:
             msgs.append((subj.book(b.symbol), enc(b), None))
+        for kind, symbol, m in batch.account:  # account tracking: account/position/order/deal
+            subject = subj.account_state() if kind == "account" else getattr(subj, kind)(symbol)
+            hdr = {"Nats-Msg-Id": f"deal:{m.ticket}"} if self._msg_id and kind == "deal" else None
+            msgs.append((subject, enc(m), hdr))
         return msgs
 
     async def _send(self, msgs) -> bool:
@@ -192,9 +196,12 @@ class Publisher:
                 # publish -> confirmed, and the newest tick's age when it was sent
                 self._tel.batch_published(batch, now - sent, len(msgs), now_ms=sent_wall_ms)
             if self._state is not None:
+                dealt = False
                 for batch, _ in self._unconfirmed:
-                    self._state.confirmed(batch.cursors, batch.bars)
-                if anyio.current_time() - self._saved_at >= 1.0:
+                    self._state.confirmed(batch.cursors, batch.bars, batch.deal_cursor)
+                    dealt = dealt or batch.deal_cursor is not None
+                # A confirmed deal is saved at once: a restart must not publish it again.
+                if dealt or anyio.current_time() - self._saved_at >= 1.0:
                     self._state.save()
                     self._saved_at = anyio.current_time()
             self._unconfirmed.clear()

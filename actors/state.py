@@ -26,6 +26,7 @@ class CaptureState(msgspec.Struct):
     saved_at: float = 0.0  # wall clock, seconds
     ticks: dict[str, tuple[int, int]] = {}  # symbol -> (last_msc, seen)
     bars: dict[str, int] = {}  # "symbol|timeframe" -> open time of the last closed bar (broker s)
+    deals: tuple[int, int] | None = None  # the newest deal published: (time_msc, ticket)
 
 
 class StateFile:
@@ -34,6 +35,8 @@ class StateFile:
         self._max_gap = max_gap
         self._clock = clock
         self.state = CaptureState()
+        # The deal cursor resumes whatever the state's age: deals are few, and each one counts.
+        self.deal_cursor: tuple[int, int] | None = None
 
     def load(self) -> tuple[dict[str, TickCursor], dict[tuple[str, str], int]]:
         try:
@@ -44,6 +47,7 @@ class StateFile:
             log.warning("capture state unreadable; starting from the newest tick",
                         extra={"path": str(self.path), "error": type(err).__name__})
             return {}, {}
+        self.deal_cursor = self.state.deals = state.deals
         age = self._clock() - state.saved_at
         if age > self._max_gap:
             log.warning("capture state too old to replay; starting from the newest tick",
@@ -56,7 +60,10 @@ class StateFile:
         bars = {tuple(k.split("|", 1)): v for k, v in state.bars.items()}
         return cursors, bars  # type: ignore[return-value]
 
-    def confirmed(self, cursors: dict[str, TickCursor], bars: dict[tuple[str, str], int]) -> None:
+    def confirmed(self, cursors: dict[str, TickCursor], bars: dict[tuple[str, str], int],
+                  deal_cursor: tuple[int, int] | None = None) -> None:
+        if deal_cursor is not None:
+            self.state.deals = tuple(deal_cursor)
         for symbol, c in cursors.items():
             self.state.ticks[symbol] = (c.last_msc, c.seen)
         for (symbol, tf), t in bars.items():

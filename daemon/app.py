@@ -12,6 +12,7 @@ from typing import Any, Callable
 import anyio
 import msgspec
 
+from mt5d.actors.account import AccountTracker
 from mt5d.actors.logic.breaker import BreakerPolicy
 from mt5d.actors.books import Books
 from mt5d.actors.connection import AuthGaveUp, Connection, Credentials, StateChange
@@ -104,12 +105,18 @@ class Daemon:
         self.state = (StateFile(Path(state_dir) / f"capture-{self.account}.json",
                                 max_gap=cfg.stream.resume_max_gap, clock=self.wall_clock)
                       if state_dir else None)
+        resume = self.state.load() if self.state else ({}, {})
+        acct = cfg.account
+        self.tracker = (AccountTracker(interval=acct.interval, heartbeat=acct.heartbeat,
+                                       epoch=int(self.wall_clock() * 1000),
+                                       deal_cursor=self.state.deal_cursor if self.state else None)
+                        if acct.enabled else None)
         self.poller = Poller(
             conn=self.conn, timeframes=cfg.stream.timeframes, out=self._batches_send, prices=self.prices,
             utc=UtcOffset(None if off == "auto" else parse_offset(off)),
             poll_interval=cfg.stream.poll_interval, idle_interval=cfg.stream.idle_poll_interval,
             wall_clock=self.wall_clock, forming_interval=cfg.stream.forming_interval, telemetry=self.telemetry,
-            resume=self.state.load() if self.state else ({}, {}),
+            resume=resume, account=self.tracker,
             books=self.books if cfg.stream.books else None,
         )
         self.health = Health(

@@ -108,6 +108,17 @@ class StreamConfig(_Section):
     book_interval: NonNegFloat = 0.1
 
 
+class AccountConfig(_Section):
+    """Account tracking: positions, orders, deals and account snapshots, streamed (see actors/account.py)."""
+
+    enabled: bool = True
+    # An account snapshot when its figures changed, at most this often (seconds); open
+    # positions and orders are re-read this often too (an SL/TP change shows in no count).
+    interval: PositiveFloat = 0.25
+    # A snapshot at least this often, changed or not.
+    heartbeat: PositiveFloat = 10.0
+
+
 class NatsConfig(_Section):
     url: str = "nats://127.0.0.1:4222"
     embedded: bool = False
@@ -162,6 +173,7 @@ class LoggingConfig(_Section):
 class Config(_Section):
     terminal: TerminalConfig = TerminalConfig()
     stream: StreamConfig = StreamConfig()
+    account: AccountConfig = AccountConfig()
     nats: NatsConfig = NatsConfig()
     breaker: BreakerConfig = BreakerConfig()
     health: HealthConfig = HealthConfig()

@@ -6,6 +6,10 @@
     <prefix>.<account>.health
     <prefix>.<account>.rpc.<endpoint>
     <prefix>.<account>.book.<symbol>
+    <prefix>.<account>.account
+    <prefix>.<account>.position.<symbol>
+    <prefix>.<account>.order.<symbol>
+    <prefix>.<account>.deal.<symbol>      (balance/credit deals have no symbol: token "=")
 
 NATS has no escaping of its own: ``EURUSD.m`` would become two tokens and a
 ``tick.*`` subscriber would never see it. So the symbol (and the account, which
@@ -42,6 +46,17 @@ __all__ = [
     "Parsed",
     "Subjects",
     "GRAMMAR",
+    "account",
+    "position",
+    "order",
+    "deal",
+    "all_positions",
+    "all_orders",
+    "all_deals",
+    "account_private",
+    "NO_SYMBOL",
+    "ACCOUNT_KINDS",
+    "ACCOUNT_ENDPOINTS",
 ]
 
 DEFAULT_PREFIX = "mt5"
@@ -100,6 +115,18 @@ def _endpoint(name: str) -> str:
     return name
 
 
+# The token of "no symbol" (a balance or credit deal): "=" alone is never an escape's output.
+NO_SYMBOL = "="
+
+
+def _deal_symbol(symbol: str) -> str:
+    return escape_token(symbol) if symbol else NO_SYMBOL
+
+
+def _deal_symbol_back(token: str) -> str:
+    return "" if token == NO_SYMBOL else unescape_token(token)
+
+
 # -- the grammar: one row per kind of subject ------------------------------------
 # kind -> the tokens after ``<prefix>.<account>.<kind>``, each with the function
 # that makes a token from a raw value and the one that reads it back. A new kind
@@ -108,7 +135,10 @@ _TOKEN = {
     "symbol": (escape_token, unescape_token),
     "timeframe": (_timeframe, _timeframe),
     "endpoint": (_endpoint, _endpoint),
+    "deal_symbol": (_deal_symbol, _deal_symbol_back),  # a symbol, or "" (no symbol)
 }
+# Token name -> Parsed field, where they differ.
+_FIELD = {"deal_symbol": "symbol"}
 GRAMMAR: dict[str, tuple[str, ...]] = {
     "tick": ("symbol",),
     "candle": ("symbol", "timeframe"),
@@ -116,7 +146,14 @@ GRAMMAR: dict[str, tuple[str, ...]] = {
     "health": (),
     "rpc": ("endpoint",),
     "book": ("symbol",),
+    # account data (private: the operator role only, see ops/nats-server.conf)
+    "account": (),
+    "position": ("symbol",),
+    "order": ("symbol",),
+    "deal": ("deal_symbol",),
 }
+ACCOUNT_KINDS: tuple[str, ...] = ("account", "position", "order", "deal")
+ACCOUNT_ENDPOINTS: tuple[str, ...] = ("account", "positions", "orders", "deals", "history_orders")
 
 
 def _account(account: str | int, wildcard: bool = False) -> str:
@@ -188,6 +225,28 @@ class Subjects:
 
     def rpc_group(self) -> str:
         return f"{self._base}.rpc"
+
+    def account_state(self) -> str:
+        """``<prefix>.<account>.account`` (named so: ``account`` is the account id here)."""
+        return self.build("account")
+
+    def position(self, symbol: str) -> str:
+        return self.build("position", symbol)
+
+    def order(self, symbol: str) -> str:
+        return self.build("order", symbol)
+
+    def deal(self, symbol: str) -> str:
+        return self.build("deal", symbol)
+
+    def all_positions(self) -> str:
+        return self.all("position")
+
+    def all_orders(self) -> str:
+        return self.all("order")
+
+    def all_deals(self) -> str:
+        return self.all("deal")
 
     def all_ticks(self) -> str:
         return self.all("tick")
@@ -264,6 +323,40 @@ def all_health(prefix: str = DEFAULT_PREFIX, account: str | int = "*") -> str:
     return Subjects(prefix, account, wildcard=True).health()
 
 
+def account(prefix: str, account: str | int) -> str:
+    return Subjects(prefix, account).account_state()
+
+
+def position(prefix: str, account: str | int, symbol: str) -> str:
+    return Subjects(prefix, account).position(symbol)
+
+
+def order(prefix: str, account: str | int, symbol: str) -> str:
+    return Subjects(prefix, account).order(symbol)
+
+
+def deal(prefix: str, account: str | int, symbol: str) -> str:
+    return Subjects(prefix, account).deal(symbol)
+
+
+def all_positions(prefix: str = DEFAULT_PREFIX, account: str | int = "*") -> str:
+    return Subjects(prefix, account, wildcard=True).all_positions()
+
+
+def all_orders(prefix: str = DEFAULT_PREFIX, account: str | int = "*") -> str:
+    return Subjects(prefix, account, wildcard=True).all_orders()
+
+
+def all_deals(prefix: str = DEFAULT_PREFIX, account: str | int = "*") -> str:
+    return Subjects(prefix, account, wildcard=True).all_deals()
+
+
+def account_private(prefix: str = DEFAULT_PREFIX, account: str | int = "*") -> list[str]:
+    """Every account-data stream subject and endpoint, as subscription patterns."""
+    subj = Subjects(prefix, account, wildcard=True)
+    return [subj.all(k) for k in ACCOUNT_KINDS] + [subj.rpc(e) for e in ACCOUNT_ENDPOINTS]
+
+
 def everything(prefix: str = DEFAULT_PREFIX, account: str | int = "*") -> str:
     """Every stream and RPC subject of one account (or of all)."""
     return Subjects(prefix, account, wildcard=True).everything()
@@ -288,5 +381,5 @@ def parse(subject: str, prefix: str = DEFAULT_PREFIX) -> Parsed:
     if len(parts) < 2 or parts[1] not in GRAMMAR or len(parts) != 2 + len(GRAMMAR[parts[1]]):
         raise ValueError(f"not an mt5d subject: {subject!r}")
     names = GRAMMAR[parts[1]]
-    fields = {n: _TOKEN[n][1](v) for n, v in zip(names, parts[2:])}
+    fields = {_FIELD.get(n, n): _TOKEN[n][1](v) for n, v in zip(names, parts[2:])}
     return Parsed(unescape_token(parts[0]), parts[1], **fields)

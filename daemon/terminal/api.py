@@ -148,6 +148,47 @@ class TerminalApi:
         return _checked_rates(arr, symbol)
 
 
+    # account ------------------------------------------------------------
+    # An empty answer may come back as None with last_error() (1, 'Success')
+    # from some terminal builds: that is "nothing", not a failure.
+    def _listing(self, result: Any, what: str) -> tuple:
+        if result is None:
+            code, description = self._mt5.last_error()
+            if int(code) == 1:
+                return ()
+            raise translate_error(int(code), str(description), what)
+        return tuple(self._copy(result))
+
+    def _count(self, result: Any, what: str) -> int:
+        if result is None:
+            code, description = self._mt5.last_error()
+            raise translate_error(int(code), str(description), what)
+        return int(self._copy(result))
+
+    def positions_total(self) -> int:
+        return self._count(self._mt5.positions_total(), "positions_total")
+
+    def orders_total(self) -> int:
+        return self._count(self._mt5.orders_total(), "orders_total")
+
+    def positions_get(self, **filters: Any) -> tuple:
+        return self._listing(self._mt5.positions_get(**filters), "positions_get")
+
+    def orders_get(self, **filters: Any) -> tuple:
+        return self._listing(self._mt5.orders_get(**filters), "orders_get")
+
+    def history_deals_total(self, from_sec: int, to_sec: int) -> int:
+        return self._count(self._mt5.history_deals_total(from_sec, to_sec), "history_deals_total")
+
+    def history_deals_get(self, from_sec: int | None = None, to_sec: int | None = None, **filters: Any) -> tuple:
+        args = () if from_sec is None else (from_sec, to_sec)
+        return self._listing(self._mt5.history_deals_get(*args, **filters), "history_deals_get")
+
+    def history_orders_get(self, from_sec: int | None = None, to_sec: int | None = None, **filters: Any) -> tuple:
+        args = () if from_sec is None else (from_sec, to_sec)
+        return self._listing(self._mt5.history_orders_get(*args, **filters), "history_orders_get")
+
+
 _TICK_FIELDS = ("time", "bid", "ask", "last", "volume", "time_msc", "flags", "volume_real")
 _RATE_FIELDS = ("time", "open", "high", "low", "close", "tick_volume", "spread", "real_volume")
 

@@ -22,7 +22,7 @@ def unique_account(name: str) -> str:
     return f"t{next(_ids)}{name}"
 
 
-def make_config(nats_url: str, account: str, **sections):
+def make_config(nats_url: str, account: str, /, **sections):
     raw = {
         "terminal": {"backend": "sim", "login": 10001234, "operation_timeout": 2.0, "connection_timeout": 2.0},
         "stream": {"poll_interval": 0.02, "idle_poll_interval": 0.1},
@@ -119,3 +119,67 @@ def assert_same_as_history(module, symbol: str, got: list[tuple[int, int, float,
             expected.append((m, k, b, a))
     start = expected.index(got[0])
     assert got == expected[start:], f"{symbol}: {len(got)} received vs {len(expected) - start} in history"
+
+
+class AccountCollector:
+    """Subscribes to one account's account/position/order/deal subjects; keeps (received wall ms, message)."""
+
+    def __init__(self, account: str, encoding: str = "json") -> None:
+        from mt5d.account import AccountSnapshot, Deal, OrderEvent, PositionEvent
+
+        self.account = account
+        self.codec = Codec(encoding)
+        self._types = {"account": AccountSnapshot, "position": PositionEvent, "order": OrderEvent, "deal": Deal}
+        self.got: dict[str, list] = defaultdict(list)
+        self.subjects: list[str] = []
+        self._changed = anyio.Event()
+        self.nc = None
+
+    async def start(self, url: str) -> "AccountCollector":
+        import time
+
+        self.nc = await nats.connect(url)
+        for kind, typ in self._types.items():
+            dec = self.codec.decoder(typ)
+
+            async def on_msg(msg, kind=kind, dec=dec):
+                self.got[kind].append((int(time.time() * 1000), dec.decode(msg.data)))
+                self.subjects.append(msg.subject)
+                self._changed.set()
+                self._changed = anyio.Event()
+
+            await self.nc.subscribe(f"mt5.{self.account}.{kind}" + ("" if kind == "account" else ".*"), cb=on_msg)
+        await self.nc.flush()
+        await self.nc.flush()
+        return self
+
+    def of(self, kind: str) -> list:
+        return [m for _, m in self.got[kind]]
+
+    async def wait_for(self, predicate, timeout: float):
+        with anyio.fail_after(timeout):
+            while not predicate():
+                await self._changed.wait()
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.drain()
+
+
+def future_level(sim, symbol: str, side: str, after: float, until: float) -> tuple[float, float]:
+    """(level, at): the lowest (side "ask_min"/"bid_min") or highest ("bid_max"/"ask_max") price the
+    sim's symbol reaches between ``after`` and ``until`` seconds after its start (a pure function
+    of time, read from a second sim whose clock is already there), and the price at ``after``."""
+    import numpy as np
+
+    from mt5d.daemon.terminal.sim import SimTerminal
+
+    peek = SimTerminal(seed=sim.seed, ticks_per_second=sim.ticks_per_second, clock=lambda: sim.start + until)
+    peek.initialize()
+    a_ms, b_ms = sim.broker_time_msc(sim.start + after), sim.broker_time_msc(sim.start + until)
+    ticks = peek.copy_ticks_range(symbol, a_ms // 1000, b_ms // 1000 + 1, -1)
+    ticks = ticks[(ticks["time_msc"] > a_ms) & (ticks["time_msc"] <= b_ms)]
+    field, fn = side.split("_")
+    then = SimTerminal(seed=sim.seed, ticks_per_second=sim.ticks_per_second, clock=lambda: sim.start + after)
+    then.initialize()
+    return float(getattr(np, fn)(ticks[field])), float(getattr(then.symbol_info_tick(symbol), field))

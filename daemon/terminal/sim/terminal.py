@@ -179,6 +179,12 @@ class SimTerminal:
         """Let calls blocked by a ``hang`` fault return (failing with an IPC timeout), now and later."""
         self._released.set()
 
+    def add_trades(self, trades: Sequence[ScriptedTrade | dict]) -> None:
+        """More scripted trades (``at`` seconds after this sim's start), as if from the config."""
+        script = [t if isinstance(t, ScriptedTrade) else ScriptedTrade(**t) for t in trades]
+        with self._lock:
+            self.trading.schedule([(self.broker.broker_ms(self.start + t.at), t) for t in script])
+
     def _quote_at(self, symbol: str, bms: int):
         return self._market.last_tick(self._models[symbol], bms, C.Tick._make)
 

@@ -264,10 +264,11 @@ class Trading:
         self.orders: dict[int, _Order] = {}  # active (pending) orders
         self.history_orders: list[_Order] = []
         self.deals: list[C.TradeDeal] = []
-        self._script = sorted(script, key=lambda p: p[0])
+        self._script: list[tuple[int, int, ScriptedTrade]] = []  # (broker ms, 1-based list index, trade)
         self._script_i = 0
         self._script_tickets: dict[int, int] = {}  # 1-based script index -> order ticket
         self.trade_allowed = True
+        self.schedule(script)
         if balance:
             self._deal(C.DEAL_TYPE_BALANCE, C.DEAL_ENTRY_IN, 0, 0, C.DEAL_REASON_CLIENT, 0.0, 0.0, "",
                        start_bms, profit=round(float(balance), 2), comment="Initial deposit")
@@ -780,10 +781,16 @@ class Trading:
         return _Outcome(deal=first, order=o.ticket, volume=volume)
 
     # -- scripted trades ----------------------------------------------------------
+    def schedule(self, script: Iterable[tuple[int, ScriptedTrade]]) -> None:
+        """Add scripted trades (broker ms, trade); ones already due run at the next advance."""
+        n = len(self._script)
+        added = [(bms, n + i + 1, t) for i, (bms, t) in enumerate(script)]
+        done, rest = self._script[:self._script_i], self._script[self._script_i:]
+        self._script = done + sorted(rest + added, key=lambda p: (p[0], p[1]))
+
     def _run_script(self, bms: int) -> None:
-        at, t = self._script[self._script_i]
+        _, index, t = self._script[self._script_i]
         self._script_i += 1
-        index = self._script_i  # 1-based
         ticket = self._script_tickets.get(t.ticket, t.ticket) if 0 < t.ticket < 1000 else t.ticket
         req: dict[str, Any] = {"symbol": t.symbol, "volume": float(t.volume), "sl": float(t.sl),
                                "tp": float(t.tp), "comment": f"script #{index}"}

@@ -1,0 +1,113 @@
+"""Account streams end to end: scripted trades at the sim reach subscribers once, in order, promptly."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mt5d.daemon.app import Daemon
+from mt5d.daemon.terminal import mt5_constants as C
+from mt5d.daemon.terminal.sim import SimTerminal
+from tests.integration.helpers import AccountCollector, future_level, make_config, running, unique_account
+
+pytestmark = pytest.mark.anyio
+POLL = 0.1
+# Detection lag allowed: two poll intervals, plus room for a cycle delayed on a loaded 2-core machine.
+LAG_MS = 2 * POLL * 1000 + 400
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def scripted_sim() -> tuple[SimTerminal, list[dict]]:
+    sim = SimTerminal(seed=7, ticks_per_second=8.0, clock=time.time)
+    # Levels the sim's prices will reach (its ticks are a pure function of time): the first
+    # start from 3 s on where the EURUSD bid falls below its level after the SL is set and
+    # the GBPUSD ask dips after the limit is placed.
+    for t0 in [3.0 + 0.5 * i for i in range(40)]:
+        sl, bid_then = future_level(sim, "EURUSD", "bid_min", t0 + 2, t0 + 9)
+        limit, ask_then = future_level(sim, "GBPUSD", "ask_min", t0 + 2.5, t0 + 9)
+        if sl < bid_then and limit < ask_then:
+            break
+    else:
+        raise AssertionError("no 20 s stretch where the sim's prices suit the script")
+    script = [
+        {"at": t0, "action": "buy", "symbol": "EURUSD", "volume": 0.3},  # 1: opened
+        {"at": t0 + 1, "action": "close", "ticket": 1, "volume": 0.1},  # modified (volume), OUT deal
+        {"at": t0 + 2, "action": "modify", "ticket": 1, "sl": sl},  # modified (sl); later closed by SL
+        {"at": t0 + 2.5, "action": "buy_limit", "symbol": "GBPUSD", "volume": 0.1, "price": limit},  # 4: placed, filled
+        {"at": t0 + 3, "action": "sell_limit", "symbol": "USDJPY", "volume": 0.1, "price": 999.0},  # 5: placed
+        {"at": t0 + 3.5, "action": "modify", "ticket": 5, "price": 998.0},  # modified
+        {"at": t0 + 4, "action": "cancel", "ticket": 5},  # cancelled
+        {"at": t0 + 4.5, "action": "sell", "symbol": "USDJPY", "volume": 0.2},  # 8: opened
+        {"at": t0 + 5, "action": "close", "ticket": 8},  # closed
+    ]
+    sim.add_trades(script)
+    return sim, script
+
+
+async def test_scripted_trades_stream_once_in_order_and_match_the_sim(nats_url):
+    acct_id = unique_account("acct")
+    sim, _ = scripted_sim()
+    cfg = make_config(nats_url, acct_id, stream={"symbols": ["EURUSD", "GBPUSD", "USDJPY"], "timeframes": [],
+                                                 "poll_interval": POLL, "idle_poll_interval": POLL},
+                      **{"account": {"interval": 0.2, "heartbeat": 2.0}})
+    daemon = Daemon(cfg, module=sim)
+    col = await AccountCollector(acct_id).start(nats_url)
+    try:
+        async with running(daemon):
+            # Until every scripted trade happened and the SL and the limit fired.
+            await col.wait_for(lambda: sum(1 for e in col.of("position") if e.event == "closed") >= 2
+                               and any(e.event == "filled" and e.order.type == C.ORDER_TYPE_BUY_LIMIT
+                                       for e in col.of("order")), timeout=30)
+            await col.wait_for(lambda: col.of("account") and col.of("account")[-1].positions == sim.positions_total(),
+                               timeout=5)
+            view = daemon.tracker.view
+    finally:
+        await col.close()
+
+    start_ms = sim.broker_time_msc(sim.start)
+    expected = [d for d in sim.history_deals_get(0, 2**40) if d.time_msc >= start_ms and d.symbol]
+    got = col.of("deal")
+    # every deal once, in order
+    assert [d.ticket for d in got] == [d.ticket for d in expected]
+    assert [(d.entry, d.volume, d.price, d.profit) for d in got] == [(d.entry, d.volume, d.price, d.profit)
+                                                                   for d in expected]
+    assert all(d.time_msc_broker - d.time_utc_ms in (7_200_000, 10_800_000) for d in got)
+    # each reached the subscriber within two poll intervals of the sim time it happened
+    for received_ms, d in col.got["deal"]:
+        assert received_ms - d.time_utc_ms <= LAG_MS, (d.ticket, received_ms - d.time_utc_ms)
+    seqs = [m.seq for kind in ("deal", "position", "order", "account") for m in col.of(kind)]
+    assert len(seqs) == len(set(seqs))
+
+    p1 = [e for e in col.of("position") if e.position.symbol == "EURUSD"]
+    assert [e.event for e in p1] == ["opened", "modified", "modified", "closed"]
+    assert p1[0].deal.entry == C.DEAL_ENTRY_IN and p1[1].position.volume == pytest.approx(0.2)
+    assert p1[1].deal.entry == C.DEAL_ENTRY_OUT and p1[2].deal is None and p1[2].position.sl > 0
+    assert p1[3].deal.reason == C.DEAL_REASON_SL
+    jpy = [e.event for e in col.of("position") if e.position.symbol == "USDJPY"]
+    assert jpy == ["opened", "closed"]
+    gbp = [e.event for e in col.of("position") if e.position.symbol == "GBPUSD"]
+    assert gbp == ["opened"]
+
+    by_ticket: dict[int, list[str]] = {}
+    for e in col.of("order"):
+        by_ticket.setdefault(e.order.ticket, []).append(e.event)
+    pending = [e.order for e in col.of("order") if e.order.type == C.ORDER_TYPE_SELL_LIMIT]
+    assert by_ticket[pending[0].ticket] == ["placed", "modified", "cancelled"]
+    limit = [e.order for e in col.of("order") if e.order.type == C.ORDER_TYPE_BUY_LIMIT][0]
+    assert by_ticket[limit.ticket] == ["placed", "filled"]
+    # market orders and the SL's order: done at once, one "filled" each
+    assert sum(1 for evs in by_ticket.values() if evs == ["filled"]) == 5
+
+    # the snapshots the RPC serves equal the sim's own state
+    assert [p.ticket for p in view.positions] == [p.ticket for p in sim.positions_get()]
+    assert [(p.volume, p.sl, p.tp) for p in view.positions] == [(p.volume, p.sl, p.tp) for p in sim.positions_get()]
+    assert view.orders == () and sim.orders_total() == 0
+    snap = col.of("account")[-1]
+    acc = sim.account_info()
+    assert (snap.balance, snap.positions, snap.orders, snap.leverage) == (acc.balance, 1, 0, acc.leverage)
+    assert all(s.trade_allowed for s in col.of("account"))
