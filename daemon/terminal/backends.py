@@ -63,7 +63,7 @@ def _mt5d_one(name, args, kwargs=()):
     if hasattr(res, "_asdict"):
         d = res._asdict()
         res = ("__nt__", type(res).__name__, tuple(d), tuple(d.values()))
-    elif type(res) is tuple and res and hasattr(res[0], "_asdict"):  # e.g. a book: BookInfo entries
+    elif type(res) is tuple and res and hasattr(res[0], "_asdict"):  # a book, positions_get & co: rows
         d = res[0]._asdict()
         res = ("__nts__", type(res[0]).__name__, tuple(d), tuple(tuple(r) for r in res))
     return res, tuple(_mt5.last_error())
