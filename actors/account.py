@@ -26,15 +26,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mt5d.account import (
-    AccountSnapshot,
-    Deal,
-    OrderEvent,
-    PositionEvent,
-    deal_from_mt5,
-    order_from_mt5,
-    position_from_mt5,
-)
+from mt5d.account import AccountSnapshot, Deal, OrderEvent, PositionEvent
+from mt5d.actors.logic.history import deal_from_mt5, order_from_mt5, position_from_mt5
 from mt5d.daemon.terminal.mt5_constants import (
     DEAL_ENTRY_IN,
     DEAL_ENTRY_INOUT,

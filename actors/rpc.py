@@ -34,11 +34,19 @@ from anyio.abc import TaskStatus
 from mt5d import __version__
 from mt5d.actors.logic.bars import CLOSE_GRACE_S, bar_end, min_bar_seconds
 from mt5d.actors.logic.cursor import TickCursor
-from mt5d.actors.logic.history import candles_from_rates, fetch_ticks, ticks_from_array
+from mt5d.actors.logic.history import (
+    candles_from_rates,
+    deal_from_mt5,
+    fetch_ticks,
+    order_from_mt5,
+    position_from_mt5,
+    ticks_from_array,
+)
 from mt5d.actors.logic.replies import (
     account_reply,
     error_response,
     page_candles,
+    page_history,
     page_ticks,
     parse_request,
     symbol_info_reply,
@@ -46,6 +54,7 @@ from mt5d.actors.logic.replies import (
     terminal_info_reply,
 )
 from mt5d.actors.logic.utc import UtcOffset
+from mt5d.daemon.terminal.groups import group_matcher
 from mt5d.codec import Codec
 from mt5d.daemon.terminal.api import TerminalApi
 from mt5d.daemon.terminal.mt5_constants import TIMEFRAMES
@@ -69,6 +78,14 @@ from mt5d.rpc import (
     BookRequest,
     CandlesReply,
     CandlesRequest,
+    DealsReply,
+    DealsRequest,
+    HistoryOrdersReply,
+    HistoryOrdersRequest,
+    OrdersReply,
+    OrdersRequest,
+    PositionsReply,
+    PositionsRequest,
     PriceReply,
     PriceRequest,
     Quote,
@@ -117,8 +134,10 @@ class RpcService:
         monotonic: Callable[[], float] = time.monotonic,  # the PriceCache's clock
         telemetry=None,  # daemon.telemetry.Telemetry: a span and a count per request (None: off)
         books=None,  # actors.books.Books: the newest book per symbol (None: no books streamed)
+        tracker=None,  # actors.account.AccountTracker: the streams' view of positions and orders
     ) -> None:
         self._books = books
+        self._tracker = tracker
         self._nc = nc
         self._cfg = cfg
         self._account = account
@@ -149,6 +168,10 @@ class RpcService:
             "reconnect": self._reconnect,
             "symbol": self._symbol_info,
             "terminal": self._terminal_info,
+            "positions": self._positions,
+            "orders": self._orders,
+            "deals": self._deals,
+            "history_orders": self._history_orders,
         }
 
     # ---- the actor ------------------------------------------------------
@@ -446,6 +469,77 @@ class RpcService:
         if more_in_range and not reply.more and reply.candles:
             reply = CandlesReply(candles=reply.candles, more=True, next_end=reply.candles[0].time_utc_ms - 1)
         return reply
+
+    # ---- account data -------------------------------------------------------
+    @staticmethod
+    def _matches(req: PositionsRequest):
+        match = group_matcher(req.group) if req.group else None
+        return lambda x: ((req.symbol is None or x.symbol == req.symbol) and (req.ticket is None or x.ticket == req.ticket)
+                          and (match is None or match(x.symbol)))
+
+    async def _view(self, req: PositionsRequest):
+        """The positions and orders as the streams last described them (epoch/seq for a mirror);
+        read from the terminal when account tracking is off."""
+        tr = self._tracker
+        if tr is not None:
+            view = tr.view
+            if not view.synced:
+                self._offset_ms()  # the clearer reason first (breaker, not connected)
+                raise MT5StateError("account state not read yet; retry in a moment")
+            return view.positions, view.orders, view.epoch, view.seq
+        off = self._offset_ms()
+        positions, orders = await self._conn.run_call(lambda api: (api.positions_get(), api.orders_get()))
+        return (tuple(position_from_mt5(p, off) for p in positions), tuple(order_from_mt5(o, off) for o in orders),
+                0, 0)
+
+    async def _positions(self, req: PositionsRequest) -> PositionsReply:
+        positions, _, epoch, seq = await self._view(req)
+        keep = self._matches(req)
+        return PositionsReply(positions=[p for p in positions if keep(p)], epoch=epoch, seq=seq)
+
+    async def _orders(self, req: OrdersRequest) -> OrdersReply:
+        _, orders, epoch, seq = await self._view(req)
+        keep = self._matches(req)
+        return OrdersReply(orders=[o for o in orders if keep(o)], epoch=epoch, seq=seq)
+
+    async def _history(self, req: DealsRequest, fn: str):
+        """History deals or orders with UTC time in [start, end] (ms), as terminal rows, oldest first."""
+        off = self._offset_ms()
+        now_broker_s = int(self._wall() + off / 1000)
+        # Whole broker seconds around the range (clamped: no absurd date reaches the terminal).
+        a = max(0, (req.start + off) // 1000)
+        b = min((req.end + off) // 1000 + 1, now_broker_s + 86400)
+        if a > b:
+            return [], off
+        kwargs = {"group": req.group} if req.group else {}
+        if req.position is not None:
+            rows = await self._conn.run_call(lambda api: getattr(api, fn)(position=req.position))
+        else:
+            rows = await self._conn.run_call(lambda api: getattr(api, fn)(a, b, **kwargs))
+        return rows, off
+
+    def _cut(self, req: DealsRequest, items: list, time_of):
+        items = [x for x in items if req.start <= time_of(x) <= req.end
+                 and (req.symbol is None or x.symbol == req.symbol)]
+        if req.skip:
+            at_start = sum(1 for x in items[: req.skip] if time_of(x) == req.start)
+            items = items[at_start:]
+        return items[: req.count], len(items) > req.count
+
+    async def _deals(self, req: DealsRequest) -> DealsReply:
+        rows, off = await self._history(req, "history_deals_get")
+        deals = sorted((deal_from_mt5(d, off) for d in rows), key=lambda d: (d.time_msc_broker, d.ticket))
+        time_of = lambda d: d.time_utc_ms  # noqa: E731
+        items, truncated = self._cut(req, deals, time_of)
+        return page_history(req, items, time_of, DealsReply, self._codec, self._max_payload(), truncated=truncated)
+
+    async def _history_orders(self, req: HistoryOrdersRequest) -> HistoryOrdersReply:
+        rows, off = await self._history(req, "history_orders_get")
+        orders = sorted((order_from_mt5(o, off) for o in rows), key=lambda o: (o.time_setup_msc_broker, o.ticket))
+        time_of = lambda o: o.time_setup_utc_ms  # noqa: E731
+        items, truncated = self._cut(req, orders, time_of)
+        return page_history(req, items, time_of, HistoryOrdersReply, self._codec, self._max_payload(),
+                            truncated=truncated)
 
     def _to_candles(self, symbol: str, tf: str, rates, off_ms: int) -> list[Candle]:
         if rates is None or not len(rates):

@@ -161,7 +161,8 @@ class Daemon:
                     self.rpc = RpcService(nc=self.nc, cfg=cfg, account=self.account, conn=self.conn,
                                           prices=self.prices, health=self.health, codec=self.codec,
                                           utc=self.poller.utc, wall_clock=self.wall_clock,
-                                          telemetry=self.telemetry, books=self.books)
+                                          telemetry=self.telemetry, books=self.books,
+                                          tracker=self.tracker)
                     await tg.start(sup.child, "rpc", self.rpc.run)
                 st = self.conn.status()
                 log.info("mt5d ready", extra={"account": self.account, "breaker": st.breaker,

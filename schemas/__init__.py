@@ -14,6 +14,7 @@ except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 from mt5d import book, client, codec, errors, rpc, subjects
+from mt5d.account import AccountSnapshot, Deal, Order, OrderEvent, Position, PositionEvent
 from mt5d.book import Book, BookLevel
 from mt5d.client import (
     AccountInfo,
@@ -42,6 +43,7 @@ from mt5d.errors import (
 )
 from mt5d.market import TIMEFRAMES, Candle, HealthEvent, Tick
 from mt5d.subjects import Subjects
+from mt5d.mirror import TerminalState
 
 __all__ = [
     "Tick",
@@ -50,6 +52,13 @@ __all__ = [
     "TIMEFRAMES",
     "Book",
     "BookLevel",
+    "Position",
+    "Order",
+    "Deal",
+    "AccountSnapshot",
+    "PositionEvent",
+    "OrderEvent",
+    "TerminalState",
     "book",
     "subjects",
     "Subjects",

@@ -20,13 +20,11 @@ mirror applies exactly the events with a higher ``seq`` of the same epoch.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 __all__ = [
     "Position", "Order", "Deal", "AccountSnapshot", "PositionEvent", "OrderEvent",
-    "POSITION_EVENTS", "ORDER_EVENTS", "position_from_mt5", "order_from_mt5", "deal_from_mt5",
+    "POSITION_EVENTS", "ORDER_EVENTS",
 ]
 
 POSITION_EVENTS: tuple[str, ...] = ("opened", "modified", "closed")
@@ -151,33 +149,3 @@ class OrderEvent(msgspec.Struct, frozen=True, kw_only=True):
     time_utc_ms: int = 0
     epoch: int = 0
     seq: int = 0
-
-
-# -- from the terminal's namedtuples (daemon side) ---------------------------------
-
-def position_from_mt5(p: Any, off_ms: int) -> Position:
-    return Position(ticket=p.ticket, symbol=p.symbol, type=p.type, volume=p.volume, price_open=p.price_open,
-                    sl=p.sl, tp=p.tp, price_current=p.price_current, swap=p.swap, profit=p.profit,
-                    time_msc_broker=p.time_msc, time_utc_ms=p.time_msc - off_ms,
-                    time_update_msc_broker=p.time_update_msc, time_update_utc_ms=p.time_update_msc - off_ms,
-                    identifier=p.identifier, magic=p.magic, reason=p.reason, comment=p.comment,
-                    external_id=p.external_id)
-
-
-def order_from_mt5(o: Any, off_ms: int) -> Order:
-    done = o.time_done_msc
-    return Order(ticket=o.ticket, symbol=o.symbol, type=o.type, state=o.state, volume_initial=o.volume_initial,
-                 volume_current=o.volume_current, price_open=o.price_open, sl=o.sl, tp=o.tp,
-                 price_current=o.price_current, price_stoplimit=o.price_stoplimit,
-                 time_setup_msc_broker=o.time_setup_msc, time_setup_utc_ms=o.time_setup_msc - off_ms,
-                 time_done_msc_broker=done, time_done_utc_ms=done - off_ms if done else 0,
-                 time_expiration_broker=o.time_expiration, type_time=o.type_time, type_filling=o.type_filling,
-                 magic=o.magic, position_id=o.position_id, position_by_id=o.position_by_id, reason=o.reason,
-                 comment=o.comment, external_id=o.external_id)
-
-
-def deal_from_mt5(d: Any, off_ms: int, epoch: int = 0, seq: int = 0) -> Deal:
-    return Deal(ticket=d.ticket, order=d.order, symbol=d.symbol, type=d.type, entry=d.entry, volume=d.volume,
-                price=d.price, profit=d.profit, commission=d.commission, swap=d.swap, fee=d.fee,
-                time_msc_broker=d.time_msc, time_utc_ms=d.time_msc - off_ms, position_id=d.position_id,
-                magic=d.magic, reason=d.reason, comment=d.comment, external_id=d.external_id, epoch=epoch, seq=seq)

@@ -39,6 +39,7 @@ import nats
 import nats.errors
 
 from mt5d.book import Book
+from mt5d.account_client import AccountMethods
 from mt5d.codec import Codec, Encoding, decode_any
 from mt5d.errors import (
     MT5AuthError,
@@ -277,7 +278,7 @@ class Stream(Generic[T]):
             raise MT5DataError(f"undecodable {self._type.__name__} message: {err}") from None
 
 
-class MT5Client:
+class MT5Client(AccountMethods):  # account data: see mt5d.account_client
     """One daemon's account, over NATS.
 
     ``nc`` is a NATS URL (or a list of them; default ``$NATS_URL`` or

@@ -18,6 +18,7 @@ from typing import Annotated, Mapping, TypeVar
 
 import msgspec
 from mt5d.book import Book
+from mt5d.account import Deal, Order, Position
 from mt5d.codec import decode_any
 from mt5d.errors import MT5Error, MT5ValidationError, error_for_status
 from mt5d.market import TIMEFRAME_CODES, TIMEFRAME_MINUTES, TIMEFRAMES, Candle, HealthEvent, Record, Tick
@@ -31,6 +32,8 @@ __all__ = [
     "check_timeframe", "timeframe_name", "validate_request", "error_from_reply",
     "BookRequest", "BookQuote", "BookReply", "SymbolRequest", "SymbolInfo",
     "TerminalRequest", "TerminalInfo", "TERMINAL_INFO_HIDDEN",
+    "MAX_HISTORY", "PositionsRequest", "PositionsReply", "OrdersRequest", "OrdersReply", "DealsRequest",
+    "DealsReply", "HistoryOrdersRequest", "HistoryOrdersReply",
 ]
 
 MAX_CANDLES = 5000
@@ -416,6 +419,76 @@ class TerminalInfo(Record, frozen=True, kw_only=True):
 TERMINAL_INFO_HIDDEN: tuple[str, ...] = ("community_balance", "path", "data_path", "commondata_path")
 
 
+# -- positions, orders, deals, history orders (account data: operator role only) ----------
+
+MAX_HISTORY = 10_000  # deals or orders in one reply at most
+Ticket = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+# An MT5 group mask ("*USD*,!EUR*"): printable, short.
+GroupMask = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]*$")]
+
+
+class PositionsRequest(Request):
+    """Open positions, filtered like ``positions_get``: ``symbol``, ``ticket``, ``group`` (all optional, ANDed)."""
+
+    symbol: Symbol | None = None
+    ticket: Ticket | None = None
+    group: GroupMask | None = None
+
+
+class PositionsReply(msgspec.Struct, frozen=True, kw_only=True):
+    positions: list[Position]  # by ticket
+    # The state after message ``seq`` of daemon run ``epoch``: a mirror applies only later events.
+    epoch: int = 0
+    seq: int = 0
+
+
+class OrdersRequest(PositionsRequest):
+    """Pending orders, filtered like ``orders_get``."""
+
+
+class OrdersReply(msgspec.Struct, frozen=True, kw_only=True):
+    orders: list[Order]  # by ticket
+    epoch: int = 0
+    seq: int = 0
+
+
+class DealsRequest(Request):
+    """Deals with time_utc_ms in [start, end], oldest first (ties by ticket), at most ``count``;
+    ``skip`` leaves out that many at ``start`` itself. ``position`` or ``group``/``symbol`` narrow it."""
+
+    start: EpochMs
+    end: EpochMs
+    symbol: Symbol | None = None
+    group: GroupMask | None = None
+    position: Ticket | None = None
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_HISTORY)] = MAX_HISTORY
+    skip: Annotated[int, msgspec.Meta(ge=0, le=MAX_HISTORY)] = 0
+
+    def checked(self):
+        if self.end < self.start:
+            raise MT5ValidationError("`end` is before `start`")
+        return self
+
+
+class DealsReply(msgspec.Struct, frozen=True, kw_only=True):
+    deals: list[Deal]
+    # A page: continue with start=next_start, skip=next_skip (like ticks).
+    more: bool = False
+    next_start: int = 0
+    next_skip: int = 0
+
+
+class HistoryOrdersRequest(DealsRequest):
+    """History orders with time_setup_utc_ms in [start, end], like ``history_orders_get``."""
+
+
+class HistoryOrdersReply(msgspec.Struct, frozen=True, kw_only=True):
+    orders: list[Order]
+    more: bool = False
+    next_start: int = 0
+    next_skip: int = 0
+
+
 # name -> (request type, reply type): lets the service register endpoints in a loop.
 ENDPOINTS: dict[str, tuple[type[Request], type]] = {
     "account": (AccountRequest, AccountReply),
@@ -428,6 +501,10 @@ ENDPOINTS: dict[str, tuple[type[Request], type]] = {
     "book": (BookRequest, BookReply),
     "symbol": (SymbolRequest, SymbolInfo),
     "terminal": (TerminalRequest, TerminalInfo),
+    "positions": (PositionsRequest, PositionsReply),
+    "orders": (OrdersRequest, OrdersReply),
+    "deals": (DealsRequest, DealsReply),
+    "history_orders": (HistoryOrdersRequest, HistoryOrdersReply),
 }
 
 

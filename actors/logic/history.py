@@ -1,4 +1,4 @@
-"""Terminal history as wire messages: the one tick and bar conversion.
+"""Terminal history as wire messages: the one tick, bar, position, order and deal conversion.
 
 The poller (what streams) and the RPC service (what a requester pages through)
 both turn the terminal's numpy arrays into ``Tick`` and ``Candle`` here, so a
@@ -13,9 +13,11 @@ import numpy as np
 from mt5d.actors.logic.bars import bar_end
 from mt5d.actors.logic.cursor import TickCursor, new_ticks
 from mt5d.daemon.terminal.mt5_constants import COPY_TICKS_ALL, TICK_DTYPE
+from mt5d.account import Deal, Order, Position
 from mt5d.market import Candle, Tick
 
-__all__ = ["ticks_from_array", "candles_from_rates", "fetch_ticks", "FIRST_FETCH"]
+__all__ = ["ticks_from_array", "candles_from_rates", "fetch_ticks", "FIRST_FETCH", "position_from_mt5",
+           "order_from_mt5", "deal_from_mt5"]
 
 # Tick history: the first copy_ticks_from asks for at most this many ticks, later ones 4x more.
 FIRST_FETCH = 1024
@@ -89,3 +91,33 @@ def fetch_ticks(api, symbol: str, start_b: int, end_b: int, skip: int, limit: in
     if not chunks:
         return np.empty(0, dtype=TICK_DTYPE)
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+# -- positions, orders, deals: the terminal's namedtuples as wire structs (stream and RPC) ---
+
+def position_from_mt5(p, off_ms: int) -> Position:
+    return Position(ticket=p.ticket, symbol=p.symbol, type=p.type, volume=p.volume, price_open=p.price_open,
+                    sl=p.sl, tp=p.tp, price_current=p.price_current, swap=p.swap, profit=p.profit,
+                    time_msc_broker=p.time_msc, time_utc_ms=p.time_msc - off_ms,
+                    time_update_msc_broker=p.time_update_msc, time_update_utc_ms=p.time_update_msc - off_ms,
+                    identifier=p.identifier, magic=p.magic, reason=p.reason, comment=p.comment,
+                    external_id=p.external_id)
+
+
+def order_from_mt5(o, off_ms: int) -> Order:
+    done = o.time_done_msc
+    return Order(ticket=o.ticket, symbol=o.symbol, type=o.type, state=o.state, volume_initial=o.volume_initial,
+                 volume_current=o.volume_current, price_open=o.price_open, sl=o.sl, tp=o.tp,
+                 price_current=o.price_current, price_stoplimit=o.price_stoplimit,
+                 time_setup_msc_broker=o.time_setup_msc, time_setup_utc_ms=o.time_setup_msc - off_ms,
+                 time_done_msc_broker=done, time_done_utc_ms=done - off_ms if done else 0,
+                 time_expiration_broker=o.time_expiration, type_time=o.type_time, type_filling=o.type_filling,
+                 magic=o.magic, position_id=o.position_id, position_by_id=o.position_by_id, reason=o.reason,
+                 comment=o.comment, external_id=o.external_id)
+
+
+def deal_from_mt5(d, off_ms: int, epoch: int = 0, seq: int = 0) -> Deal:
+    return Deal(ticket=d.ticket, order=d.order, symbol=d.symbol, type=d.type, entry=d.entry, volume=d.volume,
+                price=d.price, profit=d.profit, commission=d.commission, swap=d.swap, fee=d.fee,
+                time_msc_broker=d.time_msc, time_utc_ms=d.time_msc - off_ms, position_id=d.position_id,
+                magic=d.magic, reason=d.reason, comment=d.comment, external_id=d.external_id, epoch=epoch, seq=seq)

@@ -27,7 +27,7 @@ from mt5d.rpc import (
 )
 
 __all__ = ["parse_request", "error_response", "account_reply", "symbol_spec", "page_ticks", "page_candles",
-           "symbol_info_reply", "terminal_info_reply"]
+           "symbol_info_reply", "terminal_info_reply", "page_history"]
 
 R = TypeVar("R", bound=Request)
 
@@ -139,3 +139,23 @@ def page_candles(candles: list[Candle], codec: Codec, max_bytes: int) -> Candles
         return CandlesReply(candles=candles)
     kept = candles[total - n:]
     return CandlesReply(candles=kept, more=True, next_end=kept[0].time_utc_ms - 1)
+
+
+def page_history(req, items: list, time_of: Callable[[Any], int], build: Callable[..., Any],
+                 codec: Codec, max_bytes: int, *, truncated: bool = False):
+    """Daemon side: ``items`` (oldest first, skip and count applied) as a reply of ``build`` (DealsReply
+    or HistoryOrdersReply: its first field takes the items), cut to fit ``max_bytes``; like page_ticks.
+    ``truncated``: the count cut the answer short (more follows after the last item)."""
+    name = build.__struct_fields__[0]
+    n = _fit(len(items), lambda k: build(**{name: items[:k]}, more=k < len(items)), codec, max_bytes)
+    if n == len(items) and not (truncated and items):
+        return build(**{name: items})
+    kept = items[:n]
+    last = time_of(kept[-1])
+    same = 0
+    for x in reversed(kept):
+        if time_of(x) != last:
+            break
+        same += 1
+    skip = same + (req.skip if last == req.start else 0)
+    return build(**{name: kept}, more=True, next_start=last, next_skip=skip)

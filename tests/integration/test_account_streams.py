@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 
+import msgspec
+
 import pytest
 
+from mt5d import MT5Client
 from mt5d.daemon.app import Daemon
+from mt5d.errors import MT5ValidationError
 from mt5d.daemon.terminal import mt5_constants as C
 from mt5d.daemon.terminal.sim import SimTerminal
 from tests.integration.helpers import AccountCollector, future_level, make_config, running, unique_account
@@ -66,6 +70,21 @@ async def test_scripted_trades_stream_once_in_order_and_match_the_sim(nats_url):
             await col.wait_for(lambda: col.of("account") and col.of("account")[-1].positions == sim.positions_total(),
                                timeout=5)
             view = daemon.tracker.view
+            client = MT5Client(col.nc, account=acct_id)
+            replies = {
+                "positions": await client.get_positions(),
+                "orders": await client.get_orders(),
+                "gbp": await client.get_positions("GBPUSD"),
+                "group": await client.get_positions(group="*,!GBP*"),
+                "deals": await client.get_deals(int(sim.start * 1000), int(time.time() * 1000) + 1000),
+                "history": await client.get_history_orders(int(sim.start * 1000), int(time.time() * 1000) + 1000),
+                "eur_deals": await client.get_deals(0, int(time.time() * 1000) + 1000, symbol="EURUSD"),
+                "paged": await client.get_deals(0, int(time.time() * 1000) + 1000, count=3),
+            }
+            with pytest.raises(MT5ValidationError):
+                await client.get_deals(10, 5)
+            bad = await col.nc.request(client.subjects.rpc("positions"), b'{"ticket": -1}', timeout=5)
+            assert bad.headers["Nats-Service-Error-Code"] == "400"
     finally:
         await col.close()
 
@@ -111,3 +130,17 @@ async def test_scripted_trades_stream_once_in_order_and_match_the_sim(nats_url):
     acc = sim.account_info()
     assert (snap.balance, snap.positions, snap.orders, snap.leverage) == (acc.balance, 1, 0, acc.leverage)
     assert all(s.trade_allowed for s in col.of("account"))
+
+    # request-reply: the same positions, orders, deals and history orders as the sim
+    assert [p.ticket for p in replies["positions"]] == [p.ticket for p in sim.positions_get()]
+    assert [(p.volume, p.sl, p.price_open) for p in replies["positions"]] == [
+        (p.volume, p.sl, p.price_open) for p in sim.positions_get()]
+    assert replies["orders"] == [] and [p.symbol for p in replies["gbp"]] == ["GBPUSD"]
+    assert replies["group"] == []
+    assert [d.ticket for d in replies["deals"]] == [d.ticket for d in sim.history_deals_get(0, 2**40)
+                                                    if d.time_msc >= start_ms]
+    assert replies["deals"][1:] == [msgspec.structs.replace(d, epoch=0, seq=0) for d in got]
+    assert {d.symbol for d in replies["eur_deals"]} == {"EURUSD"}
+    assert [d.ticket for d in replies["paged"]] == [d.ticket for d in sim.history_deals_get(0, 2**40)][:3]
+    assert [o.ticket for o in replies["history"]] == [o.ticket for o in sim.history_orders_get(0, 2**40)]
+    assert {o.state for o in replies["history"]} >= {C.ORDER_STATE_FILLED, C.ORDER_STATE_CANCELED}

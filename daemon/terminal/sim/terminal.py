@@ -21,7 +21,7 @@ from mt5d.daemon.terminal.sim.book import book_for
 from mt5d.daemon.terminal.sim.specs import class_spec
 from mt5d.daemon.terminal.sim.clock import BrokerClock
 from mt5d.daemon.terminal.sim.faults import Fault, as_fault
-from mt5d.daemon.terminal.sim.groups import filter_group as _filter_group
+from mt5d.daemon.terminal.groups import filter_group as _filter_group
 from mt5d.daemon.terminal.sim.market import (
     DAY_MS,
     MAX_TICKS_PER_REQUEST,

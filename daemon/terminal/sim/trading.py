@@ -62,7 +62,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from mt5d.daemon.terminal import mt5_constants as C
-from mt5d.daemon.terminal.sim.groups import group_matcher
+from mt5d.daemon.terminal.groups import group_matcher
 from mt5d.daemon.terminal.sim.symbols import SimSymbol
 
 __all__ = ["Trading", "TradeArgError", "ScriptedTrade", "SCRIPT_ACTIONS", "ACCOUNT_MODES", "RETCODE_COMMENTS"]
@@ -868,7 +868,8 @@ class Trading:
         return [x for x in items if date_from <= time_of(x) <= date_to and (match is None or match(x.symbol))]
 
     def history_order_tuples(self, date_from: int, date_to: int, group=None, ticket=None, position=None):
-        chosen = self._select(self.history_orders, lambda o: o.time_setup_msc // 1000, date_from, date_to, group,
+        ordered = sorted(self.history_orders, key=lambda o: (o.time_setup_msc, o.ticket))
+        chosen = self._select(ordered, lambda o: o.time_setup_msc // 1000, date_from, date_to, group,
                               ticket, position, lambda o: o.position_id)
         return tuple(self._order_tuple(o, None) for o in chosen)
 
