@@ -71,7 +71,8 @@ SCALARS = st.one_of(
 )
 JSON_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=5)
                            | st.dictionaries(st.text(max_size=10), inner, max_size=5), max_leaves=15)
-FIELDS = st.sampled_from(["symbol", "symbols", "timeframe", "count", "start", "end", "skip"])
+FIELDS = st.sampled_from(["symbol", "symbols", "timeframe", "count", "start", "end", "skip", "ticket", "group",
+                          "position"])
 now_ms = int(time.time() * 1000)
 NEAR_VALID_VALUE = st.one_of(
     SCALARS,
@@ -79,6 +80,9 @@ NEAR_VALID_VALUE = st.one_of(
     st.integers(0, MAX_CANDLES + 2), st.integers(now_ms - 30 * 86400_000, now_ms + 86400_000),
     st.lists(st.sampled_from(SYMBOLS + ["NOPE", ""]), max_size=4),
     st.lists(st.text(max_size=3), min_size=0, max_size=1100),  # over MAX_PRICE_SYMBOLS sometimes
+    # group masks: wildcard chains (no regex backtracking), exclusions, controls, oversized
+    st.sampled_from(["*", "*,!EUR*", "!*", ",,,", "*" * 256, "*a" * 128, "*" * 300, "EUR\x00", "\n", "[", "(?:"]),
+    st.integers(-(2**64), 2**64),  # tickets out of range
 )
 NEAR_VALID = st.dictionaries(FIELDS, NEAR_VALID_VALUE, max_size=6)
 
@@ -101,6 +105,9 @@ VALID = {
     "candles": {"symbol": "EURUSD", "timeframe": "M15", "count": 20},
     "ticks": {"symbol": "EURUSD", "start": now_ms - 120_000, "end": now_ms, "count": 500},
     "book": {"symbols": BOOKS}, "symbol": {"symbol": "EURUSD"}, "terminal": {},
+    "positions": {}, "orders": {"symbol": "EURUSD"},
+    "deals": {"start": now_ms - 3_600_000, "end": now_ms + 60_000},
+    "history_orders": {"start": now_ms - 3_600_000, "end": now_ms + 60_000, "group": "*USD*"},
 }
 
 
@@ -142,7 +149,10 @@ PAYLOADS = st.one_of(
 async def test_hostile_payloads_get_clean_replies_and_streaming_goes_on(nats_url):
     account = unique_account("fuzz")
     cfg = make_config(nats_url, account, stream={"symbols": SYMBOLS, "timeframes": ["M1"], "books": BOOKS},
-                      terminal={"sim": {"ticks_per_second": 20.0}})
+                      terminal={"sim": {"ticks_per_second": 20.0, "trades": [
+                          {"at": 0.5, "action": "buy", "symbol": "EURUSD", "volume": 0.1},
+                          {"at": 1.0, "action": "sell", "symbol": "GBPUSD", "volume": 0.2},
+                          {"at": 1.5, "action": "buy_limit", "symbol": "EURUSD", "volume": 0.1, "price": 0.5}]}})
     daemon = Daemon(cfg)
     col = await Collector(account).start(nats_url)
     nc = await nats.connect(nats_url)
