@@ -388,5 +388,7 @@ def probe(api: TerminalApi) -> Any:
     """The health probe: one cheap call that also checks the broker link."""
     info = api.terminal_info()
     if not info.connected:
-        raise MT5ConnectionError("terminal lost its broker connection", -10004)
+        err = MT5ConnectionError("terminal lost its broker connection", -10004)
+        err.terminal_info = info  # what the health event reports (connected False)
+        raise err
     return info

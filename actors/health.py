@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import anyio
 from anyio.abc import TaskStatus
@@ -57,6 +57,7 @@ class Health:
         self._latency_ms: float | None = None
         self._probe_ok = False
         self._status_line = ""
+        self._terminal = None  # terminal_info() of the last periodic probe (None: it did not answer)
         self.last: HealthEvent | None = None
 
     async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
@@ -70,7 +71,7 @@ class Health:
 
     async def probe(self) -> HealthEvent:
         """The periodic probe: published, and it feeds the watchdog."""
-        self._latency_ms, self._probe_ok = await self._round_trip()
+        self._latency_ms, self._probe_ok, self._terminal = await self._round_trip()
         event = self._event("probe", "")
         self._emit(event)
         self._feed_watchdog(event)
@@ -79,26 +80,26 @@ class Health:
     async def measure(self) -> HealthEvent:
         """A fresh probe for a requester (the ``health`` endpoint): the event, and
         nothing else; neither the health stream nor the watchdog sees it."""
-        latency_ms, ok = await self._round_trip()
-        return self._event("probe", "", latency_ms, ok)
+        latency_ms, ok, info = await self._round_trip()
+        return self._event("probe", "", latency_ms, ok, info)
 
-    async def _round_trip(self) -> tuple[float | None, bool]:
-        """One terminal round trip, timed: (latency in ms, ok)."""
+    async def _round_trip(self) -> tuple[float | None, bool, Any]:
+        """One terminal round trip, timed: (latency in ms, ok, terminal_info() or None)."""
         t0 = anyio.current_time()
         # Bounded: a terminal call stuck ahead of the probe must not stop health events.
         with anyio.move_on_after(self._probe_timeout):
             try:
-                await self._conn.run_call(probe, timeout=self._probe_timeout)
-                return round((anyio.current_time() - t0) * 1000, 3), True
-            except MT5Error:
-                pass
-        return None, False
+                info = await self._conn.run_call(probe, timeout=self._probe_timeout)
+                return round((anyio.current_time() - t0) * 1000, 3), True, info
+            except MT5Error as err:
+                return None, False, getattr(err, "terminal_info", None)  # connected False: still known
+        return None, False, None
 
     def _event(self, kind: EventKind, detail: str, latency_ms: float | None = None,
-               probe_ok: bool | None = None) -> HealthEvent:
+               probe_ok: bool | None = None, terminal: Any = None) -> HealthEvent:
         """An event from the connection's snapshot and a probe's outcome (default: the last periodic one)."""
         if probe_ok is None:
-            latency_ms, probe_ok = self._latency_ms, self._probe_ok
+            latency_ms, probe_ok, terminal = self._latency_ms, self._probe_ok, self._terminal
         st = self._conn.status()
         now = anyio.current_time()
         last_tick = self._last_tick_at()
@@ -115,6 +116,7 @@ class Health:
             latency_ms=latency_ms if connection_ok else None,
             breaker=st.breaker,
             wedged=st.wedged,
+            **_terminal_fields(terminal),
         )
 
     async def _forward_changes(self) -> None:
@@ -146,3 +148,14 @@ class Health:
             self._notifier.status(line)
         if self._alive() and not event.wedged:
             self._notifier.watchdog()
+
+
+def _terminal_fields(info: Any) -> dict:
+    """The health event's view of the terminal's own terminal_info() (nothing when unknown)."""
+    if info is None:
+        return {}
+    try:
+        return {"trade_allowed": bool(info.trade_allowed), "terminal_connected": bool(info.connected),
+                "ping_ms": round(info.ping_last / 1000, 3) if info.connected else None}
+    except (AttributeError, TypeError, ValueError):
+        return {}  # an odd terminal_info: the rest of the event still goes out

@@ -125,3 +125,7 @@ class HealthEvent(Record, frozen=True, kw_only=True):
     latency_ms: float | None = None  # last probe round trip; None when it failed
     wedged: bool = False  # a terminal call never returned
     detail: str = ""  # text safe to show; never credentials or tracebacks
+    # From the terminal's own terminal_info() at the probe (None: not known, e.g. no IPC):
+    trade_allowed: bool | None = None  # the terminal's "Algo Trading" switch
+    terminal_connected: bool | None = None  # the terminal's link to the trade server
+    ping_ms: float | None = None  # its last ping to the trade server (terminal_info().ping_last, µs / 1000)

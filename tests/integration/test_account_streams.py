@@ -144,3 +144,22 @@ async def test_scripted_trades_stream_once_in_order_and_match_the_sim(nats_url):
     assert [d.ticket for d in replies["paged"]] == [d.ticket for d in sim.history_deals_get(0, 2**40)][:3]
     assert [o.ticket for o in replies["history"]] == [o.ticket for o in sim.history_orders_get(0, 2**40)]
     assert {o.state for o in replies["history"]} >= {C.ORDER_STATE_FILLED, C.ORDER_STATE_CANCELED}
+
+
+async def test_health_carries_the_terminals_trade_allowed_connected_and_ping(nats_url):
+    acct_id = unique_account("hl")
+    cfg = make_config(nats_url, acct_id, stream={"symbols": ["EURUSD"], "timeframes": []},
+                      terminal={"sim": {"trade_allowed": False}})
+    col = await AccountCollector(acct_id).start(nats_url)
+    try:
+        async with running(Daemon(cfg)):
+            client = MT5Client(col.nc, account=acct_id)
+            h = await client.get_health()
+            snap = None
+            async with client.account() as stream:
+                async for snap in stream:
+                    break
+    finally:
+        await col.close()
+    assert (h.trade_allowed, h.terminal_connected) == (False, True) and 12.0 <= h.ping_ms <= 37.0
+    assert snap.trade_allowed is True and snap.balance == 10000.0  # the account's own flag

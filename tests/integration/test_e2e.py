@@ -68,6 +68,7 @@ async def test_ticks_for_every_symbol_health_and_a_candle_at_bar_close(nats_url,
         assert all(t.time_msc_broker - t.time_utc_ms in (7_200_000, 10_800_000) for t in ticks)
     h = col.health[-1]
     assert h.connection_ok and h.auth_ok and h.breaker == "closed" and h.latency_ms is not None
+    assert h.trade_allowed is True and h.terminal_connected is True and h.ping_ms > 0  # from terminal_info()
     c = col.candles[0]
     assert c.closed and c.timeframe == "M1" and c.low <= min(c.open, c.close) <= max(c.open, c.close) <= c.high
     assert c.close_time_utc_ms - c.time_utc_ms == 60_000
