@@ -175,6 +175,9 @@ PUBLISH = [
     ("operator", f"mt5.{ACCOUNT}.tick.EURUSD", False),
     ("operator", f"mt5.{ACCOUNT}.deal.EURUSD", False),
     ("mt5d", f"mt5.{ACCOUNT}.position.EURUSD", True),
+    ("mt5d", f"mt5.{ACCOUNT}.account", True),
+    ("mt5d", f"mt5.{ACCOUNT}.deal.=", True),  # a balance deal (no symbol)
+    ("operator", f"mt5.{ACCOUNT}.account", False),
     ("operator", f"mt5.{ACCOUNT}.health", False),
 ]
 
@@ -286,6 +289,8 @@ SUBSCRIBE = [
     ("operator", f"mt5.{ACCOUNT}.account", "mt5d", f"mt5.{ACCOUNT}.health", True),
     ("operator", f"mt5.{ACCOUNT}.position.>", "mt5d", f"mt5.{ACCOUNT}.health", True),
     ("operator", f"mt5.{ACCOUNT}.deal.EURUSD", "mt5d", f"mt5.{ACCOUNT}.health", True),
+    ("reader", "mt5.*.deal.*", "mt5d", f"mt5.{ACCOUNT}.health", False),
+    ("operator", "mt5.*.deal.*", "mt5d", f"mt5.{ACCOUNT}.health", True),
     # Inboxes: only one's own prefix. The default prefix, another user's, or everything: refused.
     ("reader", "_INBOX.>", "mt5d", f"mt5.{ACCOUNT}.health", False),
     ("reader", "_INBOX_operator.>", "mt5d", f"mt5.{ACCOUNT}.health", False),
