@@ -11,7 +11,8 @@ subscriber in this process receiving what it publishes:
 - realistic: 50 symbols, 10,000 ticks/s in all, 10 ms poll: CPU % (and the
   daemon's own share, without the time inside terminal calls), latency from a
   tick's time in the terminal to its receipt, RSS;
-- idle: 50 symbols (10 of them with a book), no ticks, 10 ms poll: CPU %;
+- idle: 50 symbols (10 of them with a book), no ticks, 10 ms poll: CPU %, with
+  account tracking on (the default) and off;
 - books: 10 symbols with a 10-level book each, 10 ticks/s (so 10 book
   changes/s) per symbol, 100 ms throttle, 10 ms poll: CPU % with and without
   the books and books/s reaching a subscriber; and (with the call costs) the
@@ -107,15 +108,19 @@ class Child:
 
 
 def _config(url: str, *, tps: float, poll: float, symbols: int = SYMBOLS_50, faults=(), msg_id=False,
-            books: int = 0) -> dict:
-    from mt5d.daemon.terminal.sim import synthetic_symbols
+            books: int = 0, account: bool = True) -> dict:
+    from mt5d.daemon.terminal.sim import SimTerminal, synthetic_symbols
 
     names = [s.name for s in synthetic_symbols(symbols)]
+    # A fixed broker offset: without ticks "auto" never learns it, and account tracking waits for it.
+    off = SimTerminal(seed=7).utc_offset_seconds(time.time())
     return {
+        "account": {"enabled": account},
         "terminal": {"backend": "sim", "login": 1, "sim": {
             "seed": 7, "synthetic_symbols": symbols, "ticks_per_second": tps, "faults": list(faults)}},
         "stream": {"symbols": names, "timeframes": ["M1"], "poll_interval": poll, "idle_poll_interval": max(poll, 0.25),
-                   "books": names[:books], "book_interval": 0.1},
+                   "books": names[:books], "book_interval": 0.1,
+                   "server_utc_offset": f"{'+' if off >= 0 else '-'}{abs(off) // 3600:02d}:{abs(off) % 3600 // 60:02d}"},
         "nats": {"url": url, "account": ACCOUNT, "msg_id": msg_id},
         "health": {"interval": 1.0},
         "breaker": {"max_failures": 2, "backoff_base_seconds": 1.0, "backoff_max_seconds": 4.0},
@@ -238,15 +243,21 @@ async def phase_realistic(url: str, seconds: float, *, soak: float = 0.0) -> dic
 
 
 async def phase_idle(url: str, seconds: float) -> dict:
-    child = Child(_config(url, tps=0.0, poll=0.01, books=BOOK_SYMBOLS))
-    await anyio.sleep(2.0)
-    stats0 = _proc_cpu(child.proc.pid)
-    t0 = time.perf_counter()
-    await anyio.sleep(seconds)
-    cpu = _proc_cpu(child.proc.pid) - stats0
-    dt = time.perf_counter() - t0
-    child.stop()
-    return {"idle_cpu_pct": round(cpu / dt * 100, 2)}
+    """Idle CPU with account tracking on (the default) and off: medians of 3 alternating runs each."""
+    runs: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(3):
+        for account in (True, False):
+            child = Child(_config(url, tps=0.0, poll=0.01, books=BOOK_SYMBOLS, account=account))
+            await anyio.sleep(2.0)
+            stats0 = _proc_cpu(child.proc.pid)
+            t0 = time.perf_counter()
+            await anyio.sleep(seconds / 3)
+            cpu = _proc_cpu(child.proc.pid) - stats0
+            dt = time.perf_counter() - t0
+            child.stop()
+            runs[account].append(cpu / dt * 100)
+    return {"idle_cpu_pct": round(float(np.median(runs[True])), 2),
+            "idle_cpu_pct_no_account": round(float(np.median(runs[False])), 2)}
 
 
 BOOK_SYMBOLS = 10
@@ -430,10 +441,38 @@ def phase_calls(calls: int = 2000) -> dict:
             time.sleep(0.01)
         return per_call, per_cycle, spent / cycles
 
+    def account_cost(module, positions: int = 0) -> str:
+        """What account tracking adds to one poll cycle (its part of the hop plus absorb):
+        "median / mean" µs over cycles 10 ms apart (the mean includes the re-reads every interval)."""
+        from mt5d.actors.account import AccountTracker
+
+        api = TerminalApi(module)
+        for i in range(positions):
+            module.order_send({"action": 1, "symbol": names[i % len(names)], "type": i % 2, "volume": 0.01,
+                               "sl": 0.0})
+        off = SimTerminal(seed=7).utc_offset_seconds(time.time())  # the sim's broker clock (both backends)
+        tracker = AccountTracker(interval=0.25, heartbeat=10.0, epoch=1)
+        samples = []
+        for i in range(max(50, calls // 20)):
+            now = time.monotonic()
+            t0 = time.perf_counter()
+            read = tracker.prepare(now, int(time.time()) + off)(api)
+            tracker.absorb(read, now, int(time.time() * 1000), off * 1000)
+            samples.append(time.perf_counter() - t0)
+            time.sleep(0.01)
+        rest = np.array(samples[5:]) * 1e6
+        return f"{np.median(rest):.1f} / {rest.mean():.1f}"
+
     out = {}
     # 200 ticks/s on the 50 poll symbols; the 10 book symbols' books change with their ticks.
     sim = SimTerminal(seed=7, ticks_per_second=200.0, symbols=list(synthetic_symbols(SYMBOLS_50)), clock=time.time)
     out["sim_call_us"], out["sim_cycle50_us"], out["sim_books10_us"] = (round(v * 1e6, 1) for v in measure(sim))
+    out["sim_account_quiet_us"] = account_cost(sim)
+    busy = SimTerminal(seed=7, ticks_per_second=200.0, symbols=list(synthetic_symbols(SYMBOLS_50)), clock=time.time)
+    busy.initialize()
+    for name in names:
+        busy.symbol_select(name, True)
+    out["sim_account_10pos_us"] = account_cost(busy, positions=10)
     try:
         from mt5d.daemon.tools.rpyc_bridge import RpycBridge
 
@@ -444,6 +483,7 @@ def phase_calls(calls: int = 2000) -> dict:
         remote = RpycTerminal("127.0.0.1", bridge.port, request_timeout=30.0)
         out["rpyc_call_us"], out["rpyc_cycle50_us"], out["rpyc_books10_us"] = (
             round(v * 1e6, 1) for v in measure(remote))
+        out["rpyc_account_quiet_us"] = account_cost(remote)
     finally:
         bridge.stop()
     return out
@@ -480,7 +520,8 @@ def _table(r: dict) -> str:
         ("latency p50 / p99 / p99.9 ms (p99 target <= 12)",
          f'{r["latency_p50_ms"]} / {r["latency_p99_ms"]} / {r["latency_p999_ms"]}'),
         ("RSS MB / growth % (target < 5)", f'{r["rss_mb"]} / {r["rss_growth_pct"]} over {r["rss_window_s"]} s'),
-        ("idle: CPU % (10 of 50 symbols with books; target <= 2)", r["idle_cpu_pct"]),
+        ("idle: CPU % with account tracking (10 of 50 symbols with books; target <= 2)", r["idle_cpu_pct"]),
+        ("idle: CPU % without account tracking", r["idle_cpu_pct_no_account"]),
         ("books: 10 symbols x 10 changes/s, CPU % with / without books",
          f'{r["books_cpu_pct"]} / {r["nobooks_cpu_pct"]} (+{r["books_extra_cpu_pct"]})'),
         ("books: books/s to a subscriber (throttle 100 ms: <= 100)", r["books_per_s"]),
@@ -491,6 +532,9 @@ def _table(r: dict) -> str:
         ("naive symbol_info_tick loop completeness", r["naive_completeness"]),
         ("terminal call µs: sim in process / rpyc loopback", f'{r["sim_call_us"]} / {r.get("rpyc_call_us", "-")}'),
         ("50-symbol poll cycle µs: sim / rpyc", f'{r["sim_cycle50_us"]} / {r.get("rpyc_cycle50_us", "-")}'),
+        ("account tracking µs per cycle, median / mean: quiet, sim", r["sim_account_quiet_us"]),
+        ("account tracking µs per cycle, median / mean: quiet, rpyc", r.get("rpyc_account_quiet_us", "-")),
+        ("account tracking µs per cycle, median / mean: 10 positions, sim", r["sim_account_10pos_us"]),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
