@@ -127,7 +127,46 @@ def test_check_timeframe():
 
 def test_endpoints_table():
     assert set(ENDPOINTS) == {"account", "price", "candles", "ticks", "symbols", "health", "reconnect",
-                              "book", "symbol", "terminal"}
+                              "book", "symbol", "terminal", "positions", "orders", "deals", "history_orders"}
+
+
+@pytest.mark.parametrize("endpoint,body", [
+    ("positions", b'{"ticket": 0}'),
+    ("positions", b'{"ticket": 9223372036854775808}'),
+    ("positions", b'{"group": ""}'),
+    ("positions", b'{"group": "a\\u0000"}'),
+    ("orders", b'{"group": "' + b"*" * 257 + b'"}'),
+    ("orders", b'{"symbol": ""}'),
+    ("deals", b'{}'),
+    ("deals", b'{"start": 10, "end": 5}'),
+    ("deals", b'{"start": -1, "end": 5}'),
+    ("deals", b'{"start": 0, "end": 5, "count": 0}'),
+    ("deals", b'{"start": 0, "end": 5, "count": 10001}'),
+    ("history_orders", b'{"start": 0, "end": 5, "position": -3}'),
+    ("history_orders", b'{"start": 0, "end": "5"}'),
+])
+def test_account_requests_refuse_hostile_input(endpoint, body):
+    with pytest.raises(MT5ValidationError):
+        parse_request(body, ENDPOINTS[endpoint][0])
+
+
+def test_history_pages_continue_after_the_last_item():
+    from mt5d.account import Deal
+    from mt5d.rpc import DealsReply, DealsRequest, page_history
+
+    deals = [Deal(ticket=i, order=0, symbol="EURUSD", type=0, entry=0, volume=0.1, price=1.0, profit=0.0,
+                  commission=0.0, swap=0.0, fee=0.0, time_msc_broker=1000 + i // 3, time_utc_ms=1000 + i // 3)
+             for i in range(300)]
+    req = DealsRequest(start=1000, end=2000)
+    codec = Codec("json")
+    one = page_history(req, deals, lambda d: d.time_utc_ms, DealsReply, codec, 1024 * 1024)
+    assert one.deals == deals and not one.more
+    page = page_history(req, deals, lambda d: d.time_utc_ms, DealsReply, codec, 20_000)
+    assert page.more and 0 < len(page.deals) < 300
+    last = page.deals[-1].time_utc_ms
+    assert page.next_start == last and page.next_skip == sum(1 for d in page.deals if d.time_utc_ms == last)
+    cut = page_history(req, deals[:10], lambda d: d.time_utc_ms, DealsReply, codec, 1024 * 1024, truncated=True)
+    assert cut.more and cut.deals == deals[:10] and cut.next_start == deals[9].time_utc_ms
 
 
 @pytest.mark.parametrize("err", [MT5ValidationError("bad symbol"), MT5CircuitBreakerOpen("breaker open", 0),

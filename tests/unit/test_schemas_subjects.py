@@ -133,3 +133,21 @@ def test_parse_inverts_builders(symbol, tf, account):
 def test_parse_refuses_foreign_subjects(subject):
     with pytest.raises(ValueError):
         S.parse(subject)
+
+
+def test_account_subjects_build_and_parse():
+    from mt5d import subjects as S
+
+    assert S.account("mt5", "10001234") == "mt5.10001234.account"
+    assert S.position("mt5", "1", "EURUSD.m") == "mt5.1.position.EURUSD=2Em"
+    assert S.order("mt5", "1", "#AAPL") == "mt5.1.order.=23AAPL"
+    assert S.deal("mt5", "1", "EURUSD") == "mt5.1.deal.EURUSD" and S.deal("mt5", "1", "") == "mt5.1.deal.="
+    assert S.parse("mt5.1.deal.=") == S.Parsed("1", "deal", "")
+    assert S.parse("mt5.1.position.EURUSD=2Em") == S.Parsed("1", "position", "EURUSD.m")
+    assert S.parse("mt5.1.account") == S.Parsed("1", "account")
+    with pytest.raises(ValueError):
+        S.parse("mt5.1.account.EURUSD")
+    subj = S.Subjects("mt5", "1")
+    assert (subj.account_state(), subj.position("X.Y"), subj.deal(""), subj.all_deals()) == (
+        "mt5.1.account", "mt5.1.position.X=2EY", "mt5.1.deal.=", "mt5.1.deal.*")
+    assert "mt5.*.rpc.positions" in S.account_private() and "mt5.*.deal.*" in S.account_private()
