@@ -152,7 +152,8 @@ def test_account_requests_refuse_hostile_input(endpoint, body):
 
 def test_history_pages_continue_after_the_last_item():
     from mt5d.account import Deal
-    from mt5d.rpc import DealsReply, DealsRequest, page_history
+    from mt5d.actors.logic.replies import page_history
+    from mt5d.rpc import DealsReply, DealsRequest
 
     deals = [Deal(ticket=i, order=0, symbol="EURUSD", type=0, entry=0, volume=0.1, price=1.0, profit=0.0,
                   commission=0.0, swap=0.0, fee=0.0, time_msc_broker=1000 + i // 3, time_utc_ms=1000 + i // 3)
