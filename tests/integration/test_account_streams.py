@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import anyio
 import msgspec
 
 import pytest
@@ -13,7 +14,8 @@ from mt5d.daemon.app import Daemon
 from mt5d.errors import MT5ValidationError
 from mt5d.daemon.terminal import mt5_constants as C
 from mt5d.daemon.terminal.sim import SimTerminal
-from tests.integration.helpers import AccountCollector, future_level, make_config, running, unique_account
+from tests.integration.helpers import (AccountCollector, eventually, future_level, make_config, running,
+                                       unique_account)
 
 pytestmark = pytest.mark.anyio
 POLL = 0.1
@@ -61,8 +63,29 @@ async def test_scripted_trades_stream_once_in_order_and_match_the_sim(nats_url):
                       **{"account": {"interval": 0.2, "heartbeat": 2.0}})
     daemon = Daemon(cfg, module=sim)
     col = await AccountCollector(acct_id).start(nats_url)
+    client = MT5Client(col.nc, account=acct_id)
+    checks: list[int] = []
+
+    async def replies_equal_the_sim_after_each_event() -> None:
+        """After each position or order event: the positions and orders replies equal the sim's
+        own state (within two poll intervals: the replies show the streams' view)."""
+        key_p = lambda ps: [(p.ticket, p.type, p.volume, p.price_open, p.sl, p.tp) for p in ps]  # noqa: E731
+        key_o = lambda os_: [(o.ticket, o.type, o.volume_current, o.price_open, o.sl, o.tp) for o in os_]  # noqa: E731
+        seen = 0
+        while True:
+            await col.wait_for(lambda: len(col.got["position"]) + len(col.got["order"]) > seen, timeout=60)
+            seen = len(col.got["position"]) + len(col.got["order"])
+            with anyio.fail_after(2 * POLL + 1.0):
+                while True:
+                    positions, orders = await client.get_positions(), await client.get_orders()
+                    if key_p(positions) == key_p(sim.positions_get()) and key_o(orders) == key_o(sim.orders_get()):
+                        break
+                    await anyio.sleep(0.02)
+            checks.append(seen)
+
     try:
-        async with running(daemon):
+        async with running(daemon), anyio.create_task_group() as checker:
+            checker.start_soon(replies_equal_the_sim_after_each_event)
             # Until every scripted trade happened and the SL and the limit fired.
             await col.wait_for(lambda: sum(1 for e in col.of("position") if e.event == "closed") >= 2
                                and any(e.event == "filled" and e.order.type == C.ORDER_TYPE_BUY_LIMIT
@@ -70,7 +93,6 @@ async def test_scripted_trades_stream_once_in_order_and_match_the_sim(nats_url):
             await col.wait_for(lambda: col.of("account") and col.of("account")[-1].positions == sim.positions_total(),
                                timeout=5)
             view = daemon.tracker.view
-            client = MT5Client(col.nc, account=acct_id)
             replies = {
                 "positions": await client.get_positions(),
                 "orders": await client.get_orders(),
@@ -85,6 +107,9 @@ async def test_scripted_trades_stream_once_in_order_and_match_the_sim(nats_url):
                 await client.get_deals(10, 5)
             bad = await col.nc.request(client.subjects.rpc("positions"), b'{"ticket": -1}', timeout=5)
             assert bad.headers["Nats-Service-Error-Code"] == "400"
+            await eventually(lambda: checks and checks[-1] == len(col.got["position"]) + len(col.got["order"]),
+                             timeout=5)
+            checker.cancel_scope.cancel()
     finally:
         await col.close()
 
@@ -130,6 +155,8 @@ async def test_scripted_trades_stream_once_in_order_and_match_the_sim(nats_url):
     acc = sim.account_info()
     assert (snap.balance, snap.positions, snap.orders, snap.leverage) == (acc.balance, 1, 0, acc.leverage)
     assert all(s.trade_allowed for s in col.of("account"))
+
+    assert len(checks) >= 5  # the replies were compared after the events (several arrive together)
 
     # request-reply: the same positions, orders, deals and history orders as the sim
     assert [p.ticket for p in replies["positions"]] == [p.ticket for p in sim.positions_get()]
