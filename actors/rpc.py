@@ -485,7 +485,7 @@ class RpcService:
             view = tr.view
             if not view.synced:
                 self._offset_ms()  # the clearer reason first (breaker, not connected)
-                raise MT5StateError("account state not read yet; retry in a moment")
+                raise MT5BusyError("mt5d is starting: the account state is not read yet; retry shortly")
             return view.positions, view.orders, view.epoch, view.seq
         off = self._offset_ms()
         positions, orders = await self._conn.run_call(lambda api: (api.positions_get(), api.orders_get()))
