@@ -278,8 +278,17 @@ def _cross_checks(cfg: Config) -> list[str]:
                         f"wildcards, e.g. \"_INBOX_mt5d\")")
     if cfg.terminal.backend != "sim" and cfg.terminal.login == 0:
         problems.append("terminal.login: 0 (expected the account login, or MT5_LOGIN in the environment)")
-    for i, t in enumerate(cfg.terminal.sim.trades):
+    sim = cfg.terminal.sim
+    if sim.trades:
+        from mt5d.daemon.terminal.sim import default_symbols, synthetic_symbols
+
+        offered = {s.name for s in (*default_symbols(), *synthetic_symbols(sim.synthetic_symbols))}
+    for i, t in enumerate(sim.trades):
         where = f"terminal.sim.trades[{i}]"
+        if t.symbol and t.symbol not in offered:
+            problems.append(f"{where}.symbol: {t.symbol!r} is not a sim symbol")
+        if 0 < t.ticket < 1000 and t.ticket > len(sim.trades):
+            problems.append(f"{where}.ticket: {t.ticket} (expected a scripted trade 1..{len(sim.trades)}, or a ticket)")
         if t.action in ("modify", "close", "cancel"):
             if not t.ticket:
                 problems.append(f"{where}.ticket: 0 (expected the ticket, or k for scripted trade #k, for {t.action})")

@@ -93,3 +93,26 @@ def test_books_must_be_streamed_symbols_and_depths_are_bounded():
     cfg = parse_config({"stream": {"symbols": ["EURUSD"], "books": ["EURUSD"], "book_interval": 0.5},
                         "terminal": {"sim": {"book_depth": {"EURUSD": 3}}}}, env={})
     assert cfg.stream.books == ("EURUSD",) and cfg.terminal.sim.book_depth == {"EURUSD": 3}
+def test_scripted_trades_are_checked_naming_the_field():
+    out = problems({"terminal": {"sim": {"trades": [
+        {"at": 1, "action": "buy", "symbol": "NOPE", "volume": 0.1},
+        {"at": 2, "action": "sell", "symbol": "EURUSD"},
+        {"at": 3, "action": "buy_limit", "symbol": "EURUSD", "volume": 0.1},
+        {"at": 4, "action": "close"},
+        {"at": 5, "action": "cancel", "ticket": 9},
+        {"at": 6, "action": "teleport", "symbol": "EURUSD"},
+    ]}}})
+    assert any(p.startswith("terminal.sim.trades[5].action") for p in out), out
+    ok = parse_config({"terminal": {"sim": {"account_mode": "netting", "trades": [
+        {"at": 1, "action": "buy", "symbol": "EURUSD", "volume": 0.1},
+        {"at": 2, "action": "close", "ticket": 1}]}}}, env={})
+    assert ok.terminal.sim.trades[1].ticket == 1 and ok.terminal.sim.account_mode == "netting"
+    out = problems({"terminal": {"sim": {"trades": [
+        {"at": 1, "action": "buy", "symbol": "NOPE", "volume": 0.1},
+        {"at": 2, "action": "sell", "symbol": "EURUSD"},
+        {"at": 3, "action": "buy_limit", "symbol": "EURUSD", "volume": 0.1},
+        {"at": 4, "action": "close"},
+        {"at": 5, "action": "cancel", "ticket": 9}]}}})
+    assert [p.split(":")[0] for p in out] == [
+        "terminal.sim.trades[0].symbol", "terminal.sim.trades[1].volume", "terminal.sim.trades[2].price",
+        "terminal.sim.trades[3].ticket", "terminal.sim.trades[4].ticket"], out
