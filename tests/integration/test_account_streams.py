@@ -77,7 +77,7 @@ async def test_scripted_trades_stream_once_in_order_and_match_the_sim(nats_url):
         while True:
             await col.wait_for(lambda: len(col.got["position"]) + len(col.got["order"]) > seen, timeout=60)
             seen = len(col.got["position"]) + len(col.got["order"])
-            with anyio.fail_after(2 * POLL + 1.0):
+            with anyio.fail_after(5.0):  # a bound for a loaded machine; equality normally holds within a cycle
                 while True:
                     positions, orders = await client.get_positions(), await client.get_orders()
                     if key_p(positions) == key_p(sim.positions_get()) and key_o(orders) == key_o(sim.orders_get()):
@@ -186,9 +186,10 @@ async def test_health_carries_the_terminals_trade_allowed_connected_and_ping(nat
             client = MT5Client(col.nc, account=acct_id)
             h = await client.get_health()
             snap = None
-            async with client.account() as stream:
-                async for snap in stream:
-                    break
+            with anyio.fail_after(10):
+                async with client.account() as stream:
+                    async for snap in stream:
+                        break
     finally:
         await col.close()
     assert (h.trade_allowed, h.terminal_connected) == (False, True) and 12.0 <= h.ping_ms <= 37.0
