@@ -105,8 +105,9 @@ class AccountMethods:
         """Every new Deal, once (balance operations have symbol "")."""
         return self._per_symbol("deal", symbols, Deal)
 
-    def account(self):
-        """AccountSnapshots: on a change, and every heartbeat."""
+    def account_snapshots(self):
+        """AccountSnapshots: on a change, and every heartbeat. (``account`` is the account's id on
+        the client, so the stream has this name.)"""
         from mt5d.client import Stream
 
         return Stream(self._stream_nc(), [self.subjects.account_state()], AccountSnapshot, self._queue_size)

@@ -187,7 +187,7 @@ async def test_health_carries_the_terminals_trade_allowed_connected_and_ping(nat
             h = await client.get_health()
             snap = None
             with anyio.fail_after(10):
-                async with client.account() as stream:
+                async with client.account_snapshots() as stream:
                     async for snap in stream:
                         break
     finally:
