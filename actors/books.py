@@ -1,7 +1,8 @@
 """Depth of market: the poll cycle's book part, and the newest book per symbol for the ``book`` endpoint.
 
-The poller calls ``read_books`` inside its one terminal hop and ``Books.absorb``
-on the result: a ``Book`` goes out when a symbol's book differs from the one
+The poll cycle's one terminal hop reads the books (``hop.books``, next to the
+terminal: inside the rpyc bridge too), ``book_reads`` checks what came back
+and ``Books.absorb`` takes it: a ``Book`` goes out when a symbol's book differs from the one
 published last. Each book is read at most every ``interval`` seconds (so a
 change goes out within ``interval`` plus one poll, and a quiet book costs one
 read per interval, not one per cycle: over the rpyc bridge a read is a round
@@ -24,25 +25,28 @@ from typing import Callable
 from mt5d.actors.logic.utc import UtcOffset
 from mt5d.book import Book, BookLevel
 from mt5d.daemon.terminal import mt5_constants as C
-from mt5d.daemon.terminal.api import TerminalApi
+from mt5d.daemon.terminal.api import checked_book
 from mt5d.errors import MT5Error, MT5ValidationError
 
-__all__ = ["Books", "read_books", "book_from_entries"]
+__all__ = ["Books", "book_reads", "book_from_entries"]
 
 log = logging.getLogger("mt5d.books")
 
 
-def read_books(api: TerminalApi, symbols: list[str]) -> list[tuple[str, object, object]]:
-    """Runs on the terminal thread, inside the poll hop: ``(symbol, tick, entries)`` per symbol,
-    either item an ``MT5ValidationError`` when the terminal refused that symbol. Two batched
-    calls (one rpyc round trip each); a failing terminal fails the whole hop."""
-    args = [(s,) for s in symbols]
-    ticks = api.batch("symbol_info_tick", args)
-    books = api.batch("market_book_get", args, args_fail=True)
-    for result in (*ticks, *books):
-        if isinstance(result, MT5Error) and not isinstance(result, MT5ValidationError):
-            raise result
-    return list(zip(symbols, ticks, books))
+def book_reads(symbols, rows, errors) -> list[tuple[str, object, object]]:
+    """The poll hop's books step (``hop.books``) as ``(symbol, time_msc, entries)`` per
+    symbol, either item an ``MT5ValidationError`` when the terminal refused that symbol.
+    Runs inside the hop: a book that makes no sense fails the whole hop."""
+    refused = {i: err for i, _, err in errors}
+    out = []
+    got = {i: (msc, entries) for i, msc, entries in rows}
+    for i, symbol in enumerate(symbols):
+        if i in refused:
+            out.append((symbol, refused[i], refused[i]))
+            continue
+        msc, entries = got[i]
+        out.append((symbol, msc, checked_book(entries, symbol)))
+    return out
 
 
 class Books:
@@ -65,11 +69,11 @@ class Books:
         return due
 
     def absorb(self, reads: list[tuple[str, object, object]], utc: UtcOffset) -> list[Book]:
-        """What ``read_books`` returned, as the books to publish (those that changed)."""
+        """What ``book_reads`` returned, as the books to publish (those that changed)."""
         out: list[Book] = []
         refused = set()
         received = self._clock()
-        for symbol, tick, entries in reads:
+        for symbol, tick, entries in reads:  # tick: the time_msc of the symbol's newest quote
             if isinstance(tick, MT5Error) or isinstance(entries, MT5Error):
                 refused.add(symbol)
                 if symbol not in self._refused:
@@ -79,7 +83,7 @@ class Books:
                 continue
             if not utc.known:
                 continue  # no UTC yet (no tick seen): the book goes out once there is
-            msc = int(tick.time_msc)
+            msc = int(tick)
             book = book_from_entries(symbol, entries, msc, msc - utc.offset_ms)
             last = self._latest.get(symbol)
             if last is not None and not _changed(last[0], book):

@@ -135,7 +135,7 @@ class Connection:
     # ---- the handle other actors use ---------------------------------
     async def run_call(self, fn: Callable[[TerminalApi], T], *, timeout: float | None = None) -> T:
         """Run ``fn(api)`` on the terminal thread (one hop; many calls allowed)."""
-        reply_send, reply_recv = anyio.create_memory_object_stream[tuple](1)
+        reply_send, reply_recv = anyio.create_memory_object_stream(1)  # (not [tuple]: typing's call costs µs)
         # One span per request (a poll hop, a probe, an RPC's fetch), in the caller's task.
         with self._tel.span("terminal.reconnect" if fn is None else f"terminal.{getattr(fn, '__name__', 'call')}"):
             async with reply_recv:

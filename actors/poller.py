@@ -1,9 +1,11 @@
 """The poller: every tick exactly once, in order, and every bar at its close.
 
-One terminal-thread hop per cycle covers every symbol: a cheap change check
+One terminal hop per cycle covers every symbol: a cheap change check
 (``symbol_info_tick``), then ``copy_ticks_from`` from the cursor's second for
 the symbols that moved, then the bars of the timeframes whose bar may have
-closed. The cycle's result goes to the publisher as one batch. Cursors only
+closed. The hop is a plan of collector steps (``mt5d.daemon.terminal.hop``)
+that runs next to the terminal (inside the rpyc bridge: one round trip) and
+returns only what is new. The cycle's result goes to the publisher as one batch. Cursors only
 advance when the batch is handed over; if NATS is down the publisher stops
 taking batches, this send blocks, and the terminal's history is the buffer.
 """
@@ -11,6 +13,7 @@ taking batches, this send blocks, and the terminal's history is the buffer.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable
 
@@ -19,20 +22,20 @@ import numpy as np
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from mt5d.actors.books import Books, read_books
+from mt5d.actors.books import Books, book_reads
 from mt5d.actors.logic.bars import CandleTracker, bar_end, bar_start
 from mt5d.actors.logic.history import candles_from_rates, ticks_from_array
 from mt5d.actors.connection import Connection
-from mt5d.actors.logic.cursor import TickCursor, new_ticks
+from mt5d.actors.logic.cursor import TickCursor
 from mt5d.actors.messages import Batch
 from mt5d.actors.prices import PriceCache
 from mt5d.actors.logic.utc import UtcOffset
 from mt5d.daemon.telemetry import Telemetry
 from mt5d.daemon.terminal.api import TerminalApi
-from mt5d.daemon.terminal.mt5_constants import COPY_TICKS_ALL, RATE_DTYPE, TIMEFRAMES
-from mt5d.errors import MT5Error, MT5ValidationError
+from mt5d.daemon.terminal.mt5_constants import RATE_DTYPE, TIMEFRAMES
+from mt5d.errors import MT5DataError, MT5Error, MT5ValidationError
 
-__all__ = ["Poller", "collect"]
+__all__ = ["Poller"]
 
 log = logging.getLogger("mt5d.poller")
 
@@ -78,6 +81,14 @@ class Poller:
         self._newest_s: dict[str, int] = {}
         self._forming_at: dict[tuple[str, str], float] = {}
         self._refused: set[str] = set()
+        # The plan's per-symbol parts (see _plan_for), kept between cycles.
+        self._symbols: tuple[str, ...] | None = None
+        self._index: dict[str, int] = {}
+        self._plan_cursors: list[tuple[int, int, bool] | None] = []  # (last_msc, seen, moved last cycle)
+        self._moved = False
+        self._horizon: tuple[int, int] | None = None  # the earliest next_check of all trackers (and with grace)
+        self._newest_max = 0  # the newest tick's broker second, any symbol
+        self._untracked: set[str] = set()
         self.last_tick_at: float | None = None  # anyio time of the last new tick
         self.cycles = 0
         self.ticks_out = 0
@@ -106,100 +117,130 @@ class Poller:
 
     async def cycle(self) -> Batch:
         """One hop to the terminal for every symbol; returns what is new."""
-        symbols = self._conn.status().selected
-        cursors = {s: self.cursors.get(s) for s in symbols}
+        symbols = self._conn.selected_symbols()
+        if symbols is not self._symbols:
+            self._plan_for(symbols)
         wall = self._wall()
         now_broker_s = int(wall + self.utc.offset_ms / 1000) if self.utc.known else None
         # Bars need a broker clock: with no tick seen yet (auto offset unknown) there are none to close.
-        due = [] if now_broker_s is None else [
+        due = [] if now_broker_s is None or not self._bars_may_be_due(now_broker_s) else [
             (key, tr) for key, tr in self.trackers.items()
-            if key[0] in cursors and tr.due(self._newest_s.get(key[0], 0), now_broker_s)
-        ]
+            if tr.due(self._newest_s.get(key[0], 0), now_broker_s) and key[0] in self._index]
         # A symbol's bars are tracked from its first tick on (no tick, no bar).
-        new_trackers = [(s, tf) for s in symbols for tf in self._timeframes
-                        if (s, tf) not in self.trackers and self._newest_s.get(s)]
+        new_trackers = [(s, tf) for s in symbols if s in self._untracked and self._newest_s.get(s)
+                        for tf in self._timeframes if (s, tf) not in self.trackers] if self._untracked else []
         forming = self._forming_due(symbols) if self._forming_interval else []
-        book_symbols = self._books.due(self._conn.status().books, anyio.current_time()) if self._books else []
+        requests = ([("due", key, tr.fetch_count(now_broker_s) if now_broker_s else 2) for key, tr in due]
+                    + [("new", key, 2) for key in new_trackers] + [("forming", key, 1) for key in forming])
+        cursors = tuple(self._plan_cursors)
+        # Moved last cycle: fetched without the change check (see hop.ticks); the flag lasts one cycle.
+        self._plan_cursors = [c if c is None or not c[2] else (c[0], c[1], False) for c in cursors] \
+            if self._moved else self._plan_cursors
+        self._moved = False
+        book_symbols = (self._books.due(self._conn.status().books, anyio.current_time())
+                        if self._books is not None and self._books.symbols else [])
         # Account tracking needs UTC for its times: it starts once the broker offset is known.
         account = (self._account.prepare(anyio.current_time(), now_broker_s)
                    if self._account is not None and now_broker_s is not None else None)
+        plan = (("ticks", (symbols, cursors, FETCH_COUNT)),
+                ("rates", tuple((s, TIMEFRAMES[tf], count) for _, (s, tf), count in requests)),
+                ("books", tuple(book_symbols)))
 
         def hop(api: TerminalApi):
-            return (collect(api, cursors, due, new_trackers, forming, now_broker_s),
-                    read_books(api, book_symbols) if book_symbols else None,
+            (ticks, tick_errors), (rates, rate_errors), (books, book_errors) = api.cycle(plan)[0]
+            # Inside the hop, so that the connection actor counts a failed terminal as a failure.
+            for _, _, err in (*tick_errors, *rate_errors, *book_errors):
+                if not isinstance(err, MT5ValidationError):
+                    raise err  # the terminal itself failed: the whole cycle fails
+            return (ticks, tick_errors, _bars(requests, rates, rate_errors),
+                    book_reads(book_symbols, books, book_errors) if book_symbols else None,
                     account(api) if account is not None else None)
 
-        (ticks_by_symbol, bars, new_bars, forming_bars, bad), book_reads, account_read = await self._conn.run_call(hop)
-        batch = self._absorb(ticks_by_symbol, bars, new_bars, forming_bars, bad, wall)
-        if book_reads:
-            batch.books = self._books.absorb(book_reads, self.utc)
+        ticks, tick_errors, bars, reads, account_read = await self._conn.run_call(hop)
+        batch = self._absorb(symbols, ticks, tick_errors, bars, wall)
+        if reads:
+            batch.books = self._books.absorb(reads, self.utc)
         if account_read is not None:
             batch.account = self._account.absorb(account_read, anyio.current_time(), int(wall * 1000),
                                                  self.utc.offset_ms)
             batch.deal_cursor = self._account.deal_cursor if any(k == "deal" for k, _, _ in batch.account) else None
         return batch
 
+    def _bars_may_be_due(self, now_broker_s: int) -> bool:
+        """Whether any tracker could be due, without asking each one every cycle."""
+        if self._horizon is None:
+            if not self.trackers:
+                return False
+            trs = self.trackers.values()
+            self._horizon = (min(tr.next_check for tr in trs), min(tr.next_check + tr.grace for tr in trs))
+        by_tick, by_clock = self._horizon
+        return self._newest_max >= by_tick or now_broker_s >= by_clock
+
+    def _plan_for(self, symbols: tuple[str, ...]) -> None:
+        """The per-symbol parts of the plan, rebuilt only when the selection changes."""
+        self._symbols = symbols
+        self._index = {s: i for i, s in enumerate(symbols)}
+        self._plan_cursors = [None if (c := self.cursors.get(s)) is None else (c.last_msc, c.seen, False)
+                              for s in symbols]
+        self._untracked = {s for s in symbols if any((s, tf) not in self.trackers for tf in self._timeframes)}
+
     def _forming_due(self, symbols) -> list[tuple[str, str]]:
         now = anyio.current_time()
         due = []
         for key in self.trackers:
-            if key[0] in symbols and now - self._forming_at.get(key, 0.0) >= self._forming_interval:
+            if key[0] in self._index and now - self._forming_at.get(key, 0.0) >= self._forming_interval:
                 self._forming_at[key] = now
                 due.append(key)
         return due
 
-    def _absorb(self, ticks_by_symbol, bars, new_bars, forming_bars, bad, wall) -> Batch:
+    def _absorb(self, symbols, ticks, tick_errors, bars, wall) -> Batch:
         batch = Batch()
         wall_ms = int(wall * 1000)
-        newest_fresh = 0
-        for symbol, (fresh, cursor, is_start) in ticks_by_symbol.items():
-            if is_start or not len(fresh):
-                continue
-            newest_fresh = max(newest_fresh, int(fresh["time_msc"][-1]))
-        if newest_fresh and self.utc.observe(newest_fresh, wall_ms):
+        bad = []
+        arr, rows = ticks
+        if arr is not None and self.utc.observe(int(arr["time_msc"].max()), wall_ms):
             log.info("broker clock offset", extra={"offset_seconds": self.utc.offset_ms / 1000})
         off = self.utc.offset_ms
         out = batch.ticks
-        for symbol, (fresh, cursor, is_start) in ticks_by_symbol.items():
-            before = self.cursors.get(symbol)
+        pos = 0
+        for i, n, last_msc, seen, is_start in rows:
+            symbol = symbols[i]
+            before = self._plan_cursors[i]
+            cursor = TickCursor(last_msc, seen)
             self.cursors[symbol] = cursor
-            self._newest_s[symbol] = cursor.last_msc // 1000
-            if len(fresh):
-                batch.cursors[symbol] = cursor
+            self._plan_cursors[i] = (last_msc, seen, not is_start)
+            self._moved = True
+            self._newest_s[symbol] = last_msc // 1000
+            if last_msc // 1000 > self._newest_max:
+                self._newest_max = last_msc // 1000
             if is_start:
-                if not self.utc.known and cursor.last_msc:
-                    self.utc.observe(cursor.last_msc, wall_ms)
+                if not self.utc.known and last_msc:
+                    self.utc.observe(last_msc, wall_ms)
                 continue
-            if not len(fresh):
-                continue
-            ticks, nan = ticks_from_array(symbol, fresh, before, off)
+            batch.cursors[symbol] = cursor
+            fresh_ticks, nan = ticks_from_array(symbol, arr[pos:pos + n], TickCursor(*before[:2]) if before else None, off)
+            pos += n
             if nan:
                 log.error("terminal returned ticks with NaN prices; skipped",
                           extra={"symbol": symbol, "count": nan, "error": "MT5DataError"})
-            if ticks:
-                out.extend(ticks)
-                self._prices.update(ticks[-1])
+            if fresh_ticks:
+                out.extend(fresh_ticks)
+                self._prices.update(fresh_ticks[-1])
+        bad.extend((symbols[i], err.message) for i, _, err in tick_errors)
         now_broker_s = (wall_ms + off) // 1000
-        for (symbol, tf), rates in new_bars.items():
-            if len(rates) >= 2:
-                last_closed, forming = int(rates["time"][-2]), int(rates["time"][-1])
-            elif len(rates) == 1:
-                last_closed, forming = int(rates["time"][-1]) - 1, int(rates["time"][-1])
+        if bars:
+            self._horizon = None  # trackers moved on
+        for kind, (symbol, tf), got in bars:
+            if kind == "due":
+                tracker = self.trackers[(symbol, tf)]
+                closed = tracker.closed(got, now_broker_s)
+                if len(closed):
+                    batch.candles.extend(candles_from_rates(symbol, tf, closed, off, True))
+                    batch.bars[(symbol, tf)] = tracker.last_closed
+            elif kind == "new":
+                self._track(symbol, tf, got, now_broker_s)
             else:
-                last_closed = forming = bar_start(tf, now_broker_s)
-            resumed = self._resume_bars.pop((symbol, tf), None)
-            if resumed is not None and resumed < last_closed:
-                # Bars closed while mt5d was down: look at once, from where it stopped.
-                last_closed, forming = resumed, resumed
-            self.trackers[(symbol, tf)] = CandleTracker(tf, last_closed, bar_end(tf, forming))
-        for (symbol, tf), rates in bars.items():
-            tracker = self.trackers[(symbol, tf)]
-            closed = tracker.closed(rates, now_broker_s)
-            if len(closed):
-                batch.candles.extend(candles_from_rates(symbol, tf, closed, off, True))
-                batch.bars[(symbol, tf)] = tracker.last_closed
-        for (symbol, tf), rates in forming_bars.items():
-            batch.forming.extend(candles_from_rates(symbol, tf, rates, off, False))
+                batch.forming.extend(candles_from_rates(symbol, tf, got, off, False))
         # Once per symbol, not once per cycle: a refused symbol stays refused for a while.
         refused = {symbol for symbol, _ in bad}
         for symbol, message in bad:
@@ -213,82 +254,40 @@ class Poller:
         self.cycles += 1
         return batch
 
-
-def collect(api: TerminalApi, cursors, due, new_trackers, forming, now_broker_s):
-    """Runs on the terminal thread: every terminal call of one cycle, batched per
-    function (over the rpyc bridge a batch is one round trip)."""
-    ticks: dict[str, tuple[np.ndarray, TickCursor, bool]] = {}
-    bad: list[tuple[str, str]] = []
-
-    def usable(symbol, result) -> bool:
-        if isinstance(result, MT5ValidationError):
-            bad.append((symbol, result.message))
-            return False
-        if isinstance(result, MT5Error):
-            raise result  # the terminal itself failed: the whole cycle fails
-        return True
-
-    symbols = list(cursors)
-    want = []  # symbols that moved (the cheap check), or start
-    for symbol, latest in zip(symbols, api.batch("symbol_info_tick", [(s,) for s in symbols])):
-        cursor = cursors[symbol]
-        if usable(symbol, latest) and (cursor is None or latest.time_msc != cursor.last_msc):
-            want.append((symbol, cursor, latest))
-    fetched = api.batch("copy_ticks_from", [
-        (s, c.from_second if c else latest.time_msc // 1000, FETCH_COUNT, COPY_TICKS_ALL) for s, c, latest in want])
-    for (symbol, cursor, latest), arr in zip(want, fetched):
-        if not usable(symbol, arr):
-            continue
-        if cursor is None:
-            # Start: everything up to the newest tick counts as already published.
-            _, start = new_ticks(arr, TickCursor(0, 0))
-            ticks[symbol] = (arr[:0], start if len(arr) else TickCursor(latest.time_msc, 1), True)
-            continue
-        fresh, cursor = new_ticks(arr, cursor)
-        if len(arr) >= FETCH_COUNT:  # a full fetch: there is more (rare; one symbol at a time)
-            more, cursor = _fetch_since(api, symbol, cursor)
-            fresh = np.concatenate([fresh, more]) if len(more) else fresh
-        ticks[symbol] = (fresh, cursor, False)
-
-    requests = ([("due", key, (tracker.fetch_count(now_broker_s) if now_broker_s else 2)) for key, tracker in due]
-                + [("new", key, 2) for key in new_trackers] + [("forming", key, 1) for key in forming])
-    results = api.batch("copy_rates_from_pos",
-                        [(s, TIMEFRAMES[tf], 0, count) for _, (s, tf), count in requests], args_fail=True)
-    bars, new_bars, forming_bars = {}, {}, {}
-    for (kind, key, _), rates in zip(requests, results):
-        ok = not isinstance(rates, MT5ValidationError)
-        if not ok and kind == "forming":
-            continue
-        if isinstance(rates, MT5Error) and ok:
-            raise rates
-        {"due": bars, "new": new_bars, "forming": forming_bars}[kind][key] = rates if ok else _no_rates()
-    return ticks, bars, new_bars, forming_bars, bad
-
-
-def _no_rates() -> np.ndarray:
-    return np.empty(0, dtype=RATE_DTYPE)
-
-
-def _fetch_since(api: TerminalApi, symbol: str, cursor: TickCursor) -> tuple[np.ndarray, TickCursor]:
-    """Every tick after ``cursor``; when a fetch returns its full count, fetch on."""
-    chunks = []
-    frm = cursor.from_second
-    while True:
-        arr = api.copy_ticks_from(symbol, frm, FETCH_COUNT, COPY_TICKS_ALL)
-        fresh, cursor = new_ticks(arr, cursor)
-        if len(fresh):
-            chunks.append(fresh)
-        if len(arr) < FETCH_COUNT:
-            break
-        if cursor.from_second == frm:
-            # One second holds more than a full fetch: take that second whole, then go on.
-            arr = api.copy_ticks_range(symbol, frm, frm + 1, COPY_TICKS_ALL)
-            fresh, cursor = new_ticks(arr, cursor)
-            if len(fresh):
-                chunks.append(fresh)
-            frm += 1
+    def _track(self, symbol: str, tf: str, rates: np.ndarray, now_broker_s: int) -> None:
+        """Start tracking a symbol's bars from what the terminal has (or from a previous run)."""
+        if len(rates) >= 2:
+            last_closed, forming = int(rates["time"][-2]), int(rates["time"][-1])
+        elif len(rates) == 1:
+            last_closed, forming = int(rates["time"][-1]) - 1, int(rates["time"][-1])
         else:
-            frm = cursor.from_second
-    if not chunks:
-        return arr[:0], cursor
-    return (chunks[0] if len(chunks) == 1 else np.concatenate(chunks)), cursor
+            last_closed = forming = bar_start(tf, now_broker_s)
+        resumed = self._resume_bars.pop((symbol, tf), None)
+        if resumed is not None and resumed < last_closed:
+            # Bars closed while mt5d was down: look at once, from where it stopped.
+            last_closed, forming = resumed, resumed
+        self.trackers[(symbol, tf)] = CandleTracker(tf, last_closed, bar_end(tf, forming))
+        if all((symbol, t) in self.trackers for t in self._timeframes):
+            self._untracked.discard(symbol)
+
+
+def _bars(requests, rates, errors) -> list[tuple[str, tuple[str, str], np.ndarray]]:
+    """Each bar request's own bars, ``(kind, (symbol, timeframe), rates)``; a refused
+    request has none (a refused forming bar is left out)."""
+    failed = {j for j, _, _ in errors}
+    out, pos = [], 0
+    arr, counts = rates
+    for j, ((kind, key, _), n) in enumerate(zip(requests, counts)):
+        got = arr[pos:pos + n] if n else _NO_RATES
+        pos += n
+        if j in failed:
+            if kind == "forming":
+                continue
+            got = _NO_RATES  # no bars (yet): the tracker starts from the clock
+        elif n and not math.isfinite(got["close"][-1]):
+            raise MT5DataError(f"bars for {key[0]}: NaN prices", 0)
+        out.append((kind, key, got))
+    return out
+
+
+_NO_RATES = np.empty(0, dtype=RATE_DTYPE)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import anyio
 from anyio.abc import TaskStatus
@@ -31,6 +31,12 @@ __all__ = ["Publisher"]
 log = logging.getLogger("mt5d.publisher")
 
 _RETRYABLE = (ConnectionClosedError, FlushTimeoutError, OutboundBufferLimitError, OSError, TimeoutError)
+
+
+class _Messages(NamedTuple):
+    count: int
+    blob: bytes | None  # the fast path: PUB lines, written as one
+    items: list | None  # else (subject, payload, headers) for nc.publish
 
 
 class Publisher:
@@ -66,8 +72,8 @@ class Publisher:
         self._state = state
         self._saved_at = 0.0
         self._fast = hasattr(nc, "_send_command") and hasattr(nc, "_flush_pending")
-        self._subject_bytes: dict[str, bytes] = {}
-        self._unconfirmed: list[tuple[Batch, list]] = []
+        self._tick_heads: dict[str, bytes] = {}  # symbol -> b"PUB <tick subject> "
+        self._unconfirmed: list[tuple[Batch, _Messages]] = []
         self._confirmed_at = 0.0
         self.published = 0  # confirmed by the server
         self.candles_published = 0
@@ -120,7 +126,11 @@ class Publisher:
                                           anyio.current_time() - self._confirmed_at >= self._confirm_interval):
                     await self._confirm()
 
-    def _messages(self, batch: Batch) -> list[tuple[str, bytes, dict | None]]:
+    def _messages(self, batch: Batch) -> _Messages:
+        """A batch's messages: in the fast path already as PUB protocol lines, one blob."""
+        if self._fast and not self._msg_id:
+            n = len(batch.ticks) + len(batch.candles) + len(batch.forming) + len(batch.books) + len(batch.account)
+            return _Messages(n, self._blob(batch), None)
         enc, subj = self._codec.encode, self._subjects
         msgs = []
         for t in batch.ticks:
@@ -136,46 +146,68 @@ class Publisher:
         for b in batch.books:
             msgs.append((subj.book(b.symbol), enc(b), None))
         for kind, symbol, m in batch.account:  # account tracking: account/position/order/deal
-            subject = subj.account_state() if kind == "account" else getattr(subj, kind)(symbol)
             hdr = {"Nats-Msg-Id": f"deal:{m.ticket}"} if self._msg_id and kind == "deal" else None
-            msgs.append((subject, enc(m), hdr))
-        return msgs
+            msgs.append((self._account_subject(kind, symbol), enc(m), hdr))
+        return _Messages(len(msgs), None, msgs)
 
-    async def _send(self, msgs) -> bool:
+    def _account_subject(self, kind: str, symbol: str) -> str:
+        return self._subjects.account_state() if kind == "account" else getattr(self._subjects, kind)(symbol)
+
+    def _blob(self, batch: Batch) -> bytes:
+        """The same PUB lines ``nc.publish`` writes, for a whole batch in one pass
+        (per tick: one encode and one line; ~2 µs of Python per message less)."""
+        enc, heads, parts = self._codec.encode, self._tick_heads, []
+        append = parts.append
+        symbol, head = None, b""
+        for t in batch.ticks:  # grouped by symbol: one subject lookup per symbol
+            if t.symbol != symbol:
+                symbol = t.symbol
+                head = heads.get(symbol)
+                if head is None:
+                    head = heads[symbol] = b"PUB %b " % self._subjects.tick(symbol).encode()
+            data = enc(t)
+            append(b"%b%d\r\n%b\r\n" % (head, len(data), data))
+        subj = self._subjects
+        for c in batch.candles:
+            data = enc(c)
+            append(b"PUB %b %d\r\n%b\r\n" % (subj.candle(c.symbol, c.timeframe).encode(), len(data), data))
+        for c in batch.forming:
+            data = enc(c)
+            append(b"PUB %b %d\r\n%b\r\n" % (subj.candle_forming(c.symbol, c.timeframe).encode(), len(data), data))
+        for b in batch.books:
+            data = enc(b)
+            append(b"PUB %b %d\r\n%b\r\n" % (subj.book(b.symbol).encode(), len(data), data))
+        for kind, symbol, m in batch.account:
+            data = enc(m)
+            append(b"PUB %b %d\r\n%b\r\n" % (self._account_subject(kind, symbol).encode(), len(data), data))
+        return b"".join(parts)
+
+    async def _send(self, msgs: _Messages) -> bool:
         await self._up.wait()
         try:
-            if self._fast and not self._msg_id:
-                await self._send_batch(msgs)
+            if msgs.blob is not None:
+                await self._send_blob(msgs.blob, msgs.count)
             else:
                 publish = self._nc.publish
-                for subject, data, headers in msgs:
+                for subject, data, headers in msgs.items:
                     await publish(subject, data, headers=headers)
         except _RETRYABLE as err:
             self._lost(err)
             return False
         return True
 
-    async def _send_batch(self, msgs) -> None:
+    async def _send_blob(self, blob: bytes, count: int) -> None:
         """A whole batch as one write into nats-py's outgoing buffer.
 
-        Same PUB protocol lines ``nc.publish`` writes, minus ~2 µs of Python
-        per message (checks, a coroutine, a flusher wake-up per call). Uses
-        the client's internal ``_send_command``; ``_fast`` is only set when it
-        exists, else every message goes through ``publish``.
+        Uses the client's internal ``_send_command``; ``_fast`` is only set when
+        it exists, else every message goes through ``publish``.
         """
-        nc, cache = self._nc, self._subject_bytes
-        parts = []
-        for subject, data, _ in msgs:
-            sb = cache.get(subject)
-            if sb is None:
-                sb = cache[subject] = subject.encode()
-            parts.append(b"PUB %b %d\r\n%b\r\n" % (sb, len(data), data))
-        blob = b"".join(parts)
+        nc = self._nc
         # Like publish(): never buffer while disconnected (we hold the batch
         # instead); when connected, a buffer over pending_size is written at once.
         if nc.is_closed or not nc.is_connected or nc.is_draining_pubs:
             raise ConnectionClosedError
-        nc.stats["out_msgs"] += len(msgs)
+        nc.stats["out_msgs"] += count
         nc.stats["out_bytes"] += len(blob)
         await nc._send_command(blob)
         await nc._flush_pending()
@@ -194,7 +226,7 @@ class Publisher:
                 self.published += len(batch.ticks)
                 self.candles_published += len(batch.candles)
                 # publish -> confirmed, and the newest tick's age when it was sent
-                self._tel.batch_published(batch, now - sent, len(msgs), now_ms=sent_wall_ms)
+                self._tel.batch_published(batch, now - sent, msgs.count, now_ms=sent_wall_ms)
             if self._state is not None:
                 dealt = False
                 for batch, _ in self._unconfirmed:
@@ -220,7 +252,7 @@ class Publisher:
                 return
 
     def _lost(self, err: Exception) -> None:
-        n = sum(len(msgs) for _, msgs in self._unconfirmed)
+        n = sum(msgs.count for _, msgs in self._unconfirmed)
         log.warning("messages not confirmed by NATS; they will be sent again",
                     extra={"error": type(err).__name__, "messages": n})
 

@@ -86,7 +86,7 @@ def cmd_run(args) -> int:
 
 async def _run(cfg, secrets) -> int:
     from mt5d.actors.connection import AuthGaveUp
-    from mt5d.daemon.app import Daemon
+    from mt5d.daemon.app import Daemon, settle_gc
     from mt5d.daemon.notify import Notifier
     from mt5d.daemon.supervisor import SupervisorGaveUp, single_error
 
@@ -110,7 +110,8 @@ async def _run(cfg, secrets) -> int:
                         return
 
             tg.start_soon(stop_on_signal)
-            await daemon.run()
+            await tg.start(daemon.run)
+            settle_gc()
     except BaseException as exc:  # unwrap the task group's group
         err = single_error(exc)
         if isinstance(err, AuthGaveUp):

@@ -303,16 +303,19 @@ class _InstrumentedApi:
         record = self._tel.terminal_call
         clock = time.perf_counter
 
-        if name == "batch":  # many calls of one function (one rpyc round trip): one record, by function
-            def batch(function, arg_tuples, **kwargs):
-                t0 = clock()
-                results = attr(function, arg_tuples, **kwargs)
-                failed = next((r for r in results if isinstance(r, Exception)), None)
-                record(function, clock() - t0, type(failed).__name__ if failed is not None else None)
-                return results
+        if name == "cycle":  # a poll cycle's hop: one record per terminal function it called
+            def cycle(plan):
+                steps, seconds = attr(plan)
+                failed: dict[str, str] = {}
+                for _, errors in steps:
+                    for _, function, err in errors:
+                        failed.setdefault(function, type(err).__name__)
+                for function, s in seconds.items():
+                    record(function, s, failed.get(function))
+                return steps, seconds
 
-            self.__dict__[name] = batch
-            return batch
+            self.__dict__[name] = cycle
+            return cycle
 
         def call(*args, **kwargs):
             t0 = clock()

@@ -32,8 +32,8 @@ def new_ticks(ticks: np.ndarray, cursor: TickCursor) -> tuple[np.ndarray, TickCu
         return ticks, cursor
     msc = ticks["time_msc"]
     # First index at the cursor's millisecond, then skip the ones already seen.
-    start = int(np.searchsorted(msc, cursor.last_msc, side="left"))
-    at_cursor = int(np.searchsorted(msc, cursor.last_msc, side="right")) - start
+    start = int(msc.searchsorted(cursor.last_msc, "left"))
+    at_cursor = int(msc.searchsorted(cursor.last_msc, "right")) - start
     skip = start + min(cursor.seen, at_cursor)
     fresh = ticks[skip:]
     if not len(fresh):
@@ -42,5 +42,5 @@ def new_ticks(ticks: np.ndarray, cursor: TickCursor) -> tuple[np.ndarray, TickCu
     if last == cursor.last_msc:
         seen = cursor.seen + len(fresh)
     else:
-        seen = len(ticks) - int(np.searchsorted(msc, last, side="left"))
+        seen = len(ticks) - int(msc.searchsorted(last, "left"))
     return fresh, TickCursor(last, seen)

@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from mt5d.daemon.terminal import hop
+from mt5d.daemon.terminal.hop import RATE_FIELDS, TICK_FIELDS
 from mt5d.errors import MT5DataError, MT5Error, error_for_code
 
-__all__ = ["TerminalApi", "translate_error"]
+__all__ = ["TerminalApi", "translate_error", "checked_book"]
 
 
 def translate_error(code: int, description: str, what: str, *, args_fail: bool = False) -> MT5Error:
@@ -51,33 +53,35 @@ class TerminalApi:
             raise translate_error(int(code), str(description), what, args_fail=args_fail)
         return self._copy(result)
 
-    def batch(self, name: str, arg_tuples: list[tuple], *, args_fail: bool = False) -> list[Any]:
-        """Many calls of one function: each item the result or its ``MT5Error``.
+    def cycle(self, plan) -> tuple[list[tuple[Any, list[tuple[int, str, MT5Error]]]], dict[str, float]]:
+        """One poll cycle's terminal calls (``hop.run``, one plan step per collector).
 
-        The rpyc bridge does them in one round trip (a poll cycle is a few
-        round trips, not one per symbol); other backends just loop.
+        Over the rpyc bridge the plan runs inside the bridge, one round trip;
+        other backends run it here. Returns one ``(value, [(index, function,
+        error)])`` per step, every failure translated, and the seconds spent
+        in each terminal function.
         """
-        if hasattr(self._mt5, "batch"):
-            pairs = self._mt5.batch(name, arg_tuples)
+        remote = getattr(self._mt5, "mt5d_cycle", None)
+        if remote is None:
+            steps, seconds = hop.run(self._mt5, plan)
         else:
-            fn, last_error = getattr(self._mt5, name), self._mt5.last_error
-            pairs = []
-            for args in arg_tuples:
-                r = fn(*args)
-                pairs.append((r, last_error() if r is None or r is False else None))
-        check = _BATCH_CHECKS.get(name)
+            result = remote(plan)
+            if result is None:
+                code, description = self._mt5.last_error()
+                raise translate_error(int(code), str(description), "poll cycle")
+            steps, seconds = result
         out = []
-        for args, (result, err) in zip(arg_tuples, pairs):
-            if result is None or result is False:
-                code, description = err
-                out.append(translate_error(int(code), str(description), f"{name}({args[0]})", args_fail=args_fail))
-            else:
-                result = self._copy(result)
-                try:
-                    out.append(check(result, args[0]) if check else result)
-                except MT5Error as bad:
-                    out.append(bad)
-        return out
+        for value, errors in steps:
+            translated = []
+            for index, symbol, function, code, description in errors:
+                what = f"{function}({symbol})"
+                if code is None:
+                    err: MT5Error = MT5DataError(f"{what}: {description}", 0)
+                else:
+                    err = translate_error(int(code), str(description), what, args_fail=function in _ARGS_FAIL)
+                translated.append((index, function, err))
+            out.append((value, translated))
+        return out, seconds
 
     # connection -------------------------------------------------------
     def initialize(self, *, path: str | None, login: int | None, password: str | None,
@@ -115,7 +119,7 @@ class TerminalApi:
 
     def market_book_get(self, symbol: str) -> tuple:
         book = self._check(self._mt5.market_book_get(symbol), f"market_book_get({symbol})", args_fail=True)
-        return _checked_book(book, symbol)
+        return checked_book(book, symbol)
 
     def market_book_release(self, symbol: str) -> None:
         self._check(self._mt5.market_book_release(symbol), f"market_book_release({symbol})", args_fail=True)
@@ -146,7 +150,6 @@ class TerminalApi:
         arr = self._check(self._mt5.copy_rates_range(symbol, timeframe, _as_int(from_sec), _as_int(to_sec)),
                           f"copy_rates_range({symbol})", args_fail=True)
         return _checked_rates(arr, symbol)
-
 
     # account ------------------------------------------------------------
     # An empty answer may come back as None with last_error() (1, 'Success')
@@ -189,27 +192,28 @@ class TerminalApi:
         return self._listing(self._mt5.history_orders_get(*args, **filters), "history_orders_get")
 
 
-_TICK_FIELDS = ("time", "bid", "ask", "last", "volume", "time_msc", "flags", "volume_real")
-_RATE_FIELDS = ("time", "open", "high", "low", "close", "tick_volume", "spread", "real_volume")
+# A refusal of these is the caller's mistake (no such bars, unknown symbol), see translate_error.
+_ARGS_FAIL = frozenset({"copy_rates_from_pos", "copy_rates_from", "copy_rates_range", "symbol_select",
+                        "market_book_add", "market_book_get", "market_book_release"})
 
 
 def _checked_ticks(arr: Any, symbol: str) -> np.ndarray:
     # Prices are checked per new tick by whoever converts them (the poller
     # skips NaN ticks): re-read ticks would pay a numpy pass every cycle.
-    if not isinstance(arr, np.ndarray) or arr.dtype.names != _TICK_FIELDS:
+    if not isinstance(arr, np.ndarray) or arr.dtype.names != TICK_FIELDS:
         raise MT5DataError(f"ticks for {symbol}: unexpected result type", 0)
     return arr
 
 
 def _checked_rates(arr: Any, symbol: str) -> np.ndarray:
-    if not isinstance(arr, np.ndarray) or arr.dtype.names != _RATE_FIELDS:
+    if not isinstance(arr, np.ndarray) or arr.dtype.names != RATE_FIELDS:
         raise MT5DataError(f"bars for {symbol}: unexpected result type", 0)
     if len(arr) and not math.isfinite(float(arr["close"][-1])):
         raise MT5DataError(f"bars for {symbol}: NaN prices", 0)
     return arr
 
 
-def _checked_book(book: Any, symbol: str) -> tuple:
+def checked_book(book: Any, symbol: str) -> tuple:
     """A tuple of (type, price, volume, volume_dbl) entries with finite prices."""
     try:
         book = tuple(book)
@@ -221,11 +225,3 @@ def _checked_book(book: Any, symbol: str) -> tuple:
         raise MT5DataError(f"book for {symbol}: unexpected result", 0) from None
     return book
 
-
-_BATCH_CHECKS = {
-    "market_book_get": _checked_book,
-    "copy_ticks_from": _checked_ticks,
-    "copy_ticks_range": _checked_ticks,
-    "copy_rates_from_pos": _checked_rates,
-    "copy_rates_range": _checked_rates,
-}

@@ -8,6 +8,7 @@ classic server), ``sim`` the simulated terminal that ships with mt5d.
 from __future__ import annotations
 
 import collections
+import inspect
 import ipaddress
 import logging
 import pickle
@@ -54,7 +55,8 @@ def native_module() -> Any:
 
 # Runs inside the bridge: call, convert the result to plain data, and send it
 # back with last_error() as one pickled blob, so a call is one round trip and
-# nothing is walked element by element through remote references.
+# nothing is walked element by element through remote references. A poll cycle
+# (mt5d.daemon.terminal.hop, loaded at connect) is one round trip too.
 _BRIDGE_CODE = '''
 import pickle as _p
 import MetaTrader5 as _mt5
@@ -69,9 +71,33 @@ def _mt5d_one(name, args, kwargs=()):
     return res, tuple(_mt5.last_error())
 def _mt5d_call(name, args, kwargs):
     return _p.dumps(_mt5d_one(name, args, kwargs), protocol=4)
-def _mt5d_batch(name, arg_tuples):
-    return _p.dumps([_mt5d_one(name, args) for args in arg_tuples], protocol=4)
+def _mt5d_load(sources):
+    import sys, types
+    mod = types.ModuleType("_mt5d_hop")
+    sys.modules[mod.__name__] = mod  # dataclasses look their module up
+    for source in sources:
+        exec(source, mod.__dict__)
+    globals()["_mt5d_hop"] = mod
+class _MT5dPickler(_p.Pickler):
+    # An array as its bytes and dtype: loads whatever numpy the daemon has.
+    def reducer_override(self, obj):
+        if isinstance(obj, _mt5d_hop._np.ndarray):
+            return _mt5d_hop._np.frombuffer, (obj.tobytes(), obj.dtype)
+        return NotImplemented
+def _mt5d_cycle(blob):
+    import io
+    out = io.BytesIO()
+    _MT5dPickler(out, protocol=4).dump(_mt5d_hop.run(_mt5, _p.loads(blob)))
+    return out.getvalue()
 '''
+
+
+def _hop_sources() -> tuple[str, ...]:
+    """The poll cycle's terminal-side code, sent to the bridge once per connection."""
+    from mt5d.actors.logic import cursor
+    from mt5d.daemon.terminal import hop
+
+    return inspect.getsource(cursor), inspect.getsource(hop)
 
 
 class RpycTerminal:
@@ -81,7 +107,7 @@ class RpycTerminal:
         self._host, self._port, self._timeout = host, port, request_timeout
         self._conn = None
         self._call = None
-        self._batch = None
+        self._cycle = None
         self._last_error: tuple[int, str] = (1, "Success")
         self._types: dict[tuple, type] = {}
         try:
@@ -102,8 +128,9 @@ class RpycTerminal:
         # rpyc's own timeout must be above ours, so ours fires first.
         conn._config["sync_request_timeout"] = self._timeout
         conn.execute(_BRIDGE_CODE)
+        conn.namespace["_mt5d_load"](_hop_sources())
         self._conn, self._call = conn, conn.namespace["_mt5d_call"]
-        self._batch = conn.namespace["_mt5d_batch"]
+        self._cycle = conn.namespace["_mt5d_cycle"]
 
     def _round_trip(self, which: str, *args: Any) -> tuple[Any, tuple[int, str] | None]:
         """One call into the bridge: (unpickled answer, None), or (None, the
@@ -111,7 +138,7 @@ class RpycTerminal:
         try:
             if self._call is None:
                 self._connect()
-            blob = (self._call if which == "call" else self._batch)(*args)
+            blob = (self._call if which == "call" else self._cycle)(*args)
         except (OSError, EOFError) as err:
             self._drop()
             return None, (-10004, f"No IPC connection (bridge: {type(err).__name__})")
@@ -128,12 +155,14 @@ class RpycTerminal:
         result, self._last_error = answer
         return self._local(result)
 
-    def batch(self, name: str, arg_tuples: list[tuple]) -> list[tuple[Any, tuple[int, str]]]:
-        """Many calls of one function in one round trip: [(result, last_error), ...]."""
-        answer, lost = self._round_trip("batch", name, tuple(arg_tuples))
-        if lost is not None:
-            return [(None, lost)] * len(arg_tuples)
-        return [(self._local(r), err) for r, err in answer]
+    def mt5d_cycle(self, plan) -> Any:
+        """One poll cycle (``hop.run``) inside the bridge: one round trip.
+
+        None on a bridge failure, with ``last_error()`` set, like a terminal call.
+        """
+        answer, lost = self._round_trip("cycle", pickle.dumps(plan, protocol=4))
+        self._last_error = lost or (1, "Success")
+        return answer
 
     def _local(self, result: Any) -> Any:
         if isinstance(result, tuple) and len(result) == 4 and result[0] in ("__nt__", "__nts__"):
@@ -145,7 +174,7 @@ class RpycTerminal:
         return result
 
     def _drop(self) -> None:
-        conn, self._conn, self._call, self._batch = self._conn, None, None, None
+        conn, self._conn, self._call, self._cycle = self._conn, None, None, None
         if conn is not None:
             try:
                 conn.close()

@@ -31,6 +31,7 @@ def serve(options: dict) -> None:
 
     server = ThreadedServer(ClassicService, hostname="127.0.0.1", port=0,
                             protocol_config={"allow_all_attrs": True})
+    server.listener.listen(server.backlog)  # before the port is told: a client may connect at once
     print(server.port, flush=True)
     server.start()
 
