@@ -130,3 +130,15 @@ def test_a_lost_bridge_fails_the_cycle_as_a_connection_error():
     bridge.stop()
     with pytest.raises(MT5ConnectionError, match="poll cycle"):
         api.cycle((("ticks", (SYMBOLS, (None,) * len(SYMBOLS), 10_000)), ("rates", ())))
+
+
+def test_books_come_back_as_plain_entries_and_a_symbol_without_depth_is_refused(backend):
+    api = connected(backend[0])
+    api.market_book_add("XAUUSD")
+    symbols = ("XAUUSD", "EURUSD.m")  # EURUSD.m has no depth of market
+    _, _, (rows, errors) = api.cycle((("ticks", ((), (), 10_000)), ("rates", ()), ("books", symbols)))[0]
+    assert [(i, f, type(e)) for i, f, e in errors] == [(1, "market_book_get", MT5ValidationError)]
+    [(i, msc, entries)] = rows
+    assert i == 0 and msc <= api.symbol_info_tick("XAUUSD").time_msc
+    assert entries and all(type(e) is tuple and len(e) == 4 for e in entries)
+    assert {e[0] for e in entries} <= {1, 2, 3, 4}  # BOOK_TYPE_SELL, _BUY, _SELL_MARKET, _BUY_MARKET
