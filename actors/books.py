@@ -26,7 +26,7 @@ from mt5d.actors.logic.utc import UtcOffset
 from mt5d.book import Book, BookLevel
 from mt5d.daemon.terminal import mt5_constants as C
 from mt5d.daemon.terminal.api import checked_book
-from mt5d.errors import MT5Error, MT5ValidationError
+from mt5d.errors import MT5Error
 
 __all__ = ["Books", "book_reads", "book_from_entries"]
 

@@ -377,7 +377,7 @@ def _naive_main(url: str) -> int:
         sim.symbol_select(name, True)
 
     async def main() -> None:
-        nc = await nats.connect(url)
+        nc = await open_nats(url)
         last = dict.fromkeys(names, 0)
         print("ready", flush=True)
         while True:
