@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from mt5d.actors.prices import PriceCache
 from mt5d.actors.publisher import Publisher
 from mt5d.actors.state import StateFile
 from mt5d.actors.logic.utc import UtcOffset
-from mt5d.daemon.config import Config, parse_offset
+from mt5d.daemon.config import Config, parse_offset, state_directory
 from mt5d.daemon.nats_link import connect_nats
 from mt5d.daemon.supervisor import Supervisor
 from mt5d.daemon.telemetry import Telemetry
@@ -110,7 +109,7 @@ class Daemon:
             books=cfg.stream.books,
         )
         off = cfg.stream.server_utc_offset
-        state_dir = cfg.stream.state_dir or os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        state_dir = state_directory(cfg)
         self.state = (StateFile(Path(state_dir) / f"capture-{self.account}.json",
                                 max_gap=cfg.stream.resume_max_gap, clock=self.wall_clock)
                       if state_dir else None)
@@ -136,6 +135,8 @@ class Daemon:
         )
         self.publisher: Publisher | None = None
         self.nc = None
+        self.js = None
+        self.streams: list[str] = []  # the JetStream streams provisioned (main, last value)
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
@@ -152,6 +153,15 @@ class Daemon:
 
         self.nc = await connect_nats(cfg.nats, secrets=self.secrets,
                                      on_disconnected=disconnected, on_reconnected=reconnected)
+        if cfg.jetstream.enabled:
+            from mt5d.daemon.jetstream import provision
+
+            self.js = self.nc.jetstream(timeout=5.0)
+            try:
+                self.streams = await provision(self.js, cfg.jetstream, self.subjects)
+            except BaseException:
+                await self.nc.close()
+                raise
         self.publisher = holder["p"] = Publisher(
             nc=self.nc, subjects=self.subjects, codec=self.codec, batches=self._batches_recv,
             health=self._health_recv, msg_id=cfg.nats.msg_id, state=self.state,

@@ -70,12 +70,18 @@ def cmd_run(args) -> int:
     if cfg.nats.embedded:
         from mt5d.daemon.natsserver import NatsServer
 
+        from mt5d.daemon.config import state_directory
+
+        js = cfg.jetstream
+        # With JetStream on, the embedded server keeps its store under the state directory.
+        store = (js.store_dir or str(Path(state_directory(cfg) or "mt5d-state") / "jetstream")) if js.enabled else None
         try:
-            server = NatsServer.from_url(cfg.nats.url).start()
+            server = NatsServer.from_url(cfg.nats.url.split(",")[0], jetstream=js.enabled, store_dir=store).start()
         except (OSError, RuntimeError) as err:
             log.error("embedded nats-server did not start", extra={"detail": str(err)})
             return EX_UNAVAILABLE
-        log.info("embedded nats-server started", extra={"url": server.url, "pid": server.proc.pid})
+        log.info("embedded nats-server started", extra={"url": server.url, "pid": server.proc.pid,
+                                                       "jetstream_store": store})
     try:
         return anyio.run(_run, cfg, secrets)
     finally:
@@ -87,6 +93,7 @@ def cmd_run(args) -> int:
 async def _run(cfg, secrets) -> int:
     from mt5d.actors.connection import AuthGaveUp
     from mt5d.daemon.app import Daemon, settle_gc
+    from mt5d.daemon.jetstream import ProvisionError
     from mt5d.daemon.notify import Notifier
     from mt5d.daemon.supervisor import SupervisorGaveUp, single_error
 
@@ -114,7 +121,14 @@ async def _run(cfg, secrets) -> int:
             settle_gc()
     except BaseException as exc:  # unwrap the task group's group
         err = single_error(exc)
-        if isinstance(err, AuthGaveUp):
+        if isinstance(err, ProvisionError):
+            level = "config error" if err.config else "unavailable"
+            log.error(f"JetStream streams not provisioned ({level})",
+                      extra={"detail": str(err), "exit_code": EX_CONFIG if err.config else EX_UNAVAILABLE})
+            if err.config:
+                print(f"mt5d: config error: {err}", file=sys.stderr)
+            code = EX_CONFIG if err.config else EX_UNAVAILABLE
+        elif isinstance(err, AuthGaveUp):
             log.error("authentication keeps failing; exiting so the broker does not lock the account",
                       extra={"detail": str(err), "exit_code": EX_AUTH})
             code = EX_AUTH

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from mt5d.subjects import STORED_KINDS
 from mt5d.daemon.telemetry import TelemetryConfig, telemetry_problems
 from mt5d.actors.logic.breaker import policy_problems
 from mt5d.market import TIMEFRAMES
@@ -141,6 +142,42 @@ class NatsConfig(_Section):
     connect_timeout: PositiveFloat = 2.0
 
 
+class JetStreamConfig(_Section):
+    """The stream mt5d provisions (created if missing, updated where the server allows, never deleted)."""
+
+    enabled: bool = False
+    # Default MT5_<account>; the last-value stream is <stream>_LAST.
+    stream: str = ""
+    # What is stored: kinds of mt5d.subjects.STORED_KINDS (default: all of them; never
+    # the forming bar, the book or health).
+    subjects: tuple[str, ...] = STORED_KINDS
+    max_age: PositiveFloat = 7 * 86400.0  # seconds
+    max_bytes: Annotated[int, msgspec.Meta(ge=-1)] = -1  # -1: no limit
+    storage: Literal["file", "memory"] = "file"
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    # Repeats are dropped by Nats-Msg-Id within this window: it must cover the
+    # longest re-send (a NATS outage, a takeover).
+    duplicate_window: PositiveFloat = 300.0
+    # Messages published and not yet acknowledged by the stream, at most.
+    max_in_flight: PositiveInt = 8192
+    # An ack not back after this long: the message is sent again.
+    ack_timeout: PositiveFloat = 5.0
+    # The newest tick (and forming bar) per symbol in <stream>_LAST, read by Direct Get.
+    last_value: bool = True
+    # The embedded nats-server's store (default: <state directory>/jetstream).
+    store_dir: str = ""
+
+
+class HaConfig(_Section):
+    """Hot standby: daemons of one account share a lease in a KV bucket; the holder publishes."""
+
+    enabled: bool = False
+    ttl: Annotated[float, msgspec.Meta(ge=0.5)] = 3.0  # seconds: a dead leader is replaced after at most this
+    bucket: str = ""  # default mt5d_lease_<account>
+    # This daemon's name in the lease (default: host:pid).
+    node: str = ""
+
+
 class BreakerConfig(_Section):
     # Checked by the breaker itself (BreakerPolicy.problems), not here: one set of rules.
     max_failures: int = 3
@@ -175,6 +212,8 @@ class Config(_Section):
     stream: StreamConfig = StreamConfig()
     account: AccountConfig = AccountConfig()
     nats: NatsConfig = NatsConfig()
+    jetstream: JetStreamConfig = JetStreamConfig()
+    ha: HaConfig = HaConfig()
     breaker: BreakerConfig = BreakerConfig()
     health: HealthConfig = HealthConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
@@ -299,8 +338,34 @@ def _cross_checks(cfg: Config) -> list[str]:
                 problems.append(f"{where}.volume: {t.volume} (expected > 0 for {t.action})")
             if t.action not in ("buy", "sell") and t.price <= 0:
                 problems.append(f"{where}.price: {t.price} (expected > 0 for {t.action})")
+    problems.extend(_jetstream_problems(cfg))
     problems.extend(telemetry_problems(cfg.telemetry))
     return problems
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _jetstream_problems(cfg: Config) -> list[str]:
+
+    js, ha, problems = cfg.jetstream, cfg.ha, []
+    for kind in js.subjects:
+        if kind not in STORED_KINDS:
+            problems.append(f"jetstream.subjects: {kind!r} is not stored (expected some of {', '.join(STORED_KINDS)})")
+    if js.stream and not _NAME.fullmatch(js.stream):
+        problems.append(f"jetstream.stream: {js.stream!r} (expected letters, digits, _ or -)")
+    if ha.bucket and not _NAME.fullmatch(ha.bucket):
+        problems.append(f"ha.bucket: {ha.bucket!r} (expected letters, digits, _ or -)")
+    if ha.enabled and not js.enabled:
+        problems.append("ha.enabled: needs jetstream.enabled (the lease is a KV bucket, takeover reads the stream)")
+    if js.enabled and js.duplicate_window > js.max_age:
+        problems.append("jetstream.duplicate_window: must be <= jetstream.max_age")
+    return problems
+
+
+def state_directory(cfg: Config) -> str:
+    """Where state is kept: stream.state_dir, else systemd's $STATE_DIRECTORY, else "" (none)."""
+    return cfg.stream.state_dir or os.environ.get("STATE_DIRECTORY", "").split(":")[0]
 
 
 def parse_offset(text: str) -> int:

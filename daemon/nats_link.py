@@ -41,7 +41,7 @@ async def connect_nats(
     path under NATS_CREDS_PATH.
     """
     opts: dict = dict(
-        servers=[cfg.url],
+        servers=[u.strip() for u in cfg.url.split(",")],  # a cluster: any of its nodes
         name="mt5d",
         allow_reconnect=True,
         max_reconnect_attempts=-1,

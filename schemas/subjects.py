@@ -42,6 +42,10 @@ __all__ = [
     "book",
     "all_books",
     "everything",
+    "STORED_KINDS",
+    "stored_subjects",
+    "stream_name",
+    "last_value_stream",
     "parse",
     "Parsed",
     "Subjects",
@@ -265,6 +269,18 @@ class Subjects:
         values = values + ("*",) * (len(GRAMMAR[kind]) - len(values))
         return ".".join((self._base, kind, *(_wild(n, v) for n, v in zip(GRAMMAR[kind], values))))
 
+    def stored(self, kinds: tuple[str, ...] | None = None) -> list[str]:
+        """The subjects of this account's JetStream stream: one wildcard per stored kind."""
+        kinds = STORED_KINDS if kinds is None else kinds
+        for kind in kinds:
+            if kind not in STORED_KINDS:
+                raise ValueError(f"{kind!r} is not a stored kind (expected one of {', '.join(STORED_KINDS)})")
+        return [self.all(kind) for kind in kinds]
+
+    def last_value(self) -> list[str]:
+        """What the last-value stream keeps, one message per subject: ticks (sourced) and forming bars."""
+        return [self.all_ticks(), self.all_candles_forming()]
+
     def everything(self) -> str:
         return f"{self._base}.>"
 
@@ -363,6 +379,29 @@ def everything(prefix: str = DEFAULT_PREFIX, account: str | int = "*") -> str:
 
 
 # -- parsing (for wildcard subscribers) ----------------------------------------
+
+# -- JetStream: what is stored, and where ---------------------------------------
+
+# Every kind of the grammar is stored except snapshots (the forming bar, the book,
+# health) and request-reply: a kind added to GRAMMAR joins the stream by itself.
+NOT_STORED = ("candle_forming", "book", "health", "rpc")
+STORED_KINDS: tuple[str, ...] = tuple(k for k in GRAMMAR if k not in NOT_STORED)
+
+
+def stored_subjects(prefix: str, account: str | int, kinds: tuple[str, ...] | None = None) -> list[str]:
+    """The subjects of the account's stream (the one function the stream's subject list comes from)."""
+    return Subjects(prefix, account).stored(kinds)
+
+
+def stream_name(account: str | int) -> str:
+    """The account's JetStream stream: ``MT5_<account>``."""
+    return f"MT5_{_account(account)}"
+
+
+def last_value_stream(stream: str) -> str:
+    """The stream that keeps the newest tick (and forming bar) per symbol."""
+    return f"{stream}_LAST"
+
 
 class Parsed(NamedTuple):
     account: str

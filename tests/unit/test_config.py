@@ -116,3 +116,23 @@ def test_scripted_trades_are_checked_naming_the_field():
     assert [p.split(":")[0] for p in out] == [
         "terminal.sim.trades[0].symbol", "terminal.sim.trades[1].volume", "terminal.sim.trades[2].price",
         "terminal.sim.trades[3].ticket", "terminal.sim.trades[4].ticket"], out
+
+
+def test_shipped_config_keeps_history_in_jetstream():
+    cfg = load_config(ROOT / "config.toml", env={})
+    from mt5d.subjects import STORED_KINDS
+
+    assert cfg.jetstream.enabled and cfg.jetstream.subjects == STORED_KINDS and "tick" in STORED_KINDS
+    assert cfg.jetstream.max_age == 7 * 86400
+
+
+def test_jetstream_and_ha_checks_name_the_field():
+    text = "\n".join(problems({"jetstream": {"subjects": ["tick", "candle_forming"], "storage": "disk",
+                                             "replicas": 7, "stream": "a.b"},
+                               "ha": {"enabled": True}}))
+    assert "jetstream.storage: 'disk'" in text and "jetstream.replicas: 7" in text
+    text = "\n".join(problems({"jetstream": {"subjects": ["tick", "candle_forming"], "stream": "a.b"},
+                               "ha": {"enabled": True, "bucket": "x y"}}))
+    assert "jetstream.subjects: 'candle_forming' is not stored" in text
+    assert "jetstream.stream: 'a.b'" in text and "ha.bucket: 'x y'" in text
+    assert "ha.enabled: needs jetstream.enabled" in text

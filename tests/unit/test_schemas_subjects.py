@@ -151,3 +151,16 @@ def test_account_subjects_build_and_parse():
     assert (subj.account_state(), subj.position("X.Y"), subj.deal(""), subj.all_deals()) == (
         "mt5.1.account", "mt5.1.position.X=2EY", "mt5.1.deal.=", "mt5.1.deal.*")
     assert "mt5.*.rpc.positions" in S.account_private() and "mt5.*.deal.*" in S.account_private()
+
+
+def test_stored_subjects_come_from_one_function():
+    from mt5d.subjects import STORED_KINDS, last_value_stream, stored_subjects, stream_name
+
+    assert set(STORED_KINDS) >= {"tick", "candle", "position", "order", "deal"}  # account events join by themselves
+    assert not {"candle_forming", "book", "health", "rpc"} & set(STORED_KINDS)
+    assert stored_subjects("mt5", "123", ("tick", "candle")) == ["mt5.123.tick.*", "mt5.123.candle.*.*"]
+    assert S.Subjects("mt5", "123").stored() == stored_subjects("mt5", "123")
+    with pytest.raises(ValueError):
+        stored_subjects("mt5", "123", ("health",))
+    assert stream_name(123) == "MT5_123" and last_value_stream("MT5_123") == "MT5_123_LAST"
+    assert S.Subjects("mt5", "1").last_value() == ["mt5.1.tick.*", "mt5.1.candle_forming.*.*"]

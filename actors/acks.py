@@ -1,0 +1,206 @@
+"""With JetStream on, "confirmed" means stored: the publisher's other confirmation strategy.
+
+Every stored message (ticks, closed candles) goes out with ``Nats-Msg-Id``
+(its identity) and a reply subject of its own under one inbox; the stream's
+PubAck on that subject confirms it. At most ``max_in_flight`` messages wait
+for their ack; an ack that says "error" or does not come within
+``ack_timeout`` sends the message again (the duplicate window drops what was
+stored already). Core subscribers receive the same subjects as before: a
+stored publish is an ordinary publish with a reply subject.
+
+The forming bar is a snapshot: published without a reply (the last-value
+stream captures it), never awaited.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import anyio
+from nats.errors import ConnectionClosedError
+
+from mt5d.actors.messages import Batch
+from mt5d.codec import Codec
+from mt5d.subjects import Subjects
+
+__all__ = ["StoredAcks", "Stored", "LEASE_HEADER"]
+
+log = logging.getLogger("mt5d.publisher")
+
+# The hot standby's fencing token (the lease revision of the publishing leader).
+LEASE_HEADER = "Mt5d-Lease"
+
+
+class Stored(NamedTuple):
+    subject: str
+    data: bytes
+    msg_id: str | None  # None: not stored, not awaited (the forming bar)
+
+
+class StoredAcks:
+    """Publish-and-ack bookkeeping of one connection; owned by the Publisher."""
+
+    def __init__(self, *, nc, subjects: Subjects, codec: Codec, kinds: tuple[str, ...],
+                 max_in_flight: int = 8192, ack_timeout: float = 5.0) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._codec = codec
+        self._ticks = "tick" in kinds
+        self._candles = "candle" in kinds
+        self._max = max_in_flight
+        self._timeout = ack_timeout
+        self._pending: dict[int, tuple[Stored, float]] = {}  # token -> (message, sent at)
+        self._refused: list[Stored] = []
+        self._next = 0
+        self._inbox = ""
+        self._sub = None
+        self._changed = anyio.Event()
+        self._fast = hasattr(nc, "_send_command") and hasattr(nc, "_flush_pending")
+        self._subject_bytes: dict[str, bytes] = {}
+        self.lease = b""  # a header line set by the lease holder: fencing token on every message
+        self.stored = 0
+        self.duplicates = 0
+        self.resent = 0
+
+    async def start(self) -> None:
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack,
+                                             pending_msgs_limit=4 * self._max + 1024)
+
+    def messages(self, batch: Batch) -> list[Stored]:
+        enc, subj = self._codec.encode, self._subjects
+        out = []
+        for t in batch.ticks:  # the tick's identity: symbol, millisecond, position in it
+            out.append(Stored(subj.tick(t.symbol), enc(t),
+                              f"{t.symbol}:{t.time_msc_broker}:{t.index_in_ms}" if self._ticks else None))
+        for c in batch.candles:
+            out.append(Stored(subj.candle(c.symbol, c.timeframe), enc(c),
+                              f"{c.symbol}:{c.timeframe}:{c.time_broker}" if self._candles else None))
+        for c in batch.forming:
+            out.append(Stored(subj.candle_forming(c.symbol, c.timeframe), enc(c), None))
+        return out
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def send(self, msgs: list[Stored]) -> None:
+        """Publish, within the in-flight bound (waits for acks to make room)."""
+        i = 0
+        while i < len(msgs):
+            room = self._max - len(self._pending)
+            if room <= 0:
+                await self._wait(lambda: len(self._pending) < self._max)
+                continue
+            await self._write(msgs[i:i + room])
+            i += room
+
+    async def settle(self) -> None:
+        """Return once everything sent is stored; refused and timed-out messages are sent again."""
+        while self._pending or self._refused:
+            if self._refused:
+                again, self._refused = self._refused, []
+                log.warning("messages refused by JetStream; sending them again",
+                            extra={"messages": len(again)})
+                await anyio.sleep(0.2)  # not a hot loop against a stream that refuses for a while
+                self.resent += len(again)
+                await self.send(again)
+            if self._pending:
+                await self._wait(lambda: not self._pending or bool(self._refused))
+
+    def forget(self) -> None:
+        """The connection was lost: nothing pending will be acked; the publisher sends it all again."""
+        self._pending.clear()
+        self._refused.clear()
+        self._poke()
+
+    async def _wait(self, done) -> None:
+        while not done():
+            if not self._nc.is_connected:
+                raise ConnectionClosedError
+            oldest = min(sent for _, sent in self._pending.values()) if self._pending else anyio.current_time()
+            left = oldest + self._timeout - anyio.current_time()
+            if left <= 0:
+                self._expire()
+                continue
+            changed = self._changed
+            with anyio.move_on_after(left):
+                await changed.wait()
+
+    def _expire(self) -> None:
+        now = anyio.current_time()
+        late = [k for k, (_, sent) in self._pending.items() if now - sent >= self._timeout]
+        for k in late:
+            self._refused.append(self._pending.pop(k)[0])
+        if late:
+            log.warning("JetStream acks did not come in time", extra={"messages": len(late)})
+        self._poke()
+
+    def _poke(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _on_ack(self, msg) -> None:
+        try:
+            token = int(msg.subject[len(self._inbox) + 1:])
+        except ValueError:
+            return
+        entry = self._pending.pop(token, None)
+        if entry is None:
+            return  # an ack for a message already given up on (it was sent again)
+        data = msg.data
+        if not data or b'"error"' in data:  # no data: a 503 status (no stream took it)
+            self._refused.append(entry[0])
+        elif b'"duplicate":true' in data:
+            self.duplicates += 1
+        else:
+            self.stored += 1
+        if not self._pending or len(self._pending) == self._max - 1 or self._refused:
+            self._poke()
+
+    async def _write(self, msgs: list[Stored]) -> None:
+        nc = self._nc
+        if nc.is_closed or not nc.is_connected or nc.is_draining_pubs:
+            raise ConnectionClosedError  # never buffer while disconnected: the batch is held instead
+        now = anyio.current_time()
+        inbox, lease = self._inbox, self.lease
+        if not self._fast:
+            for m in msgs:
+                reply = ""
+                headers = {}
+                if m.msg_id is not None:
+                    self._next += 1
+                    self._pending[self._next] = (m, now)
+                    reply = f"{inbox}.{self._next}"
+                    headers["Nats-Msg-Id"] = m.msg_id
+                if lease:
+                    k, _, v = lease.decode().strip().partition(": ")
+                    headers[k] = v
+                await nc.publish(m.subject, m.data, reply=reply, headers=headers or None)
+            return
+        # One write into nats-py's buffer: the HPUB lines publish() would write, minus its per-call cost.
+        cache, parts, n = self._subject_bytes, [], self._next
+        for m in msgs:
+            sb = cache.get(m.subject)
+            if sb is None:
+                sb = cache[m.subject] = m.subject.encode()
+            if m.msg_id is None and not lease:
+                parts.append(b"PUB %b %d\r\n%b\r\n" % (sb, len(m.data), m.data))
+                continue
+            hdr = b"NATS/1.0\r\n" + lease
+            if m.msg_id is not None:
+                n += 1
+                self._pending[n] = (m, now)
+                hdr += b"Nats-Msg-Id: " + m.msg_id.encode() + b"\r\n"
+                target = b"%b %b.%d" % (sb, inbox.encode(), n)
+            else:
+                target = sb
+            hdr += b"\r\n"
+            parts.append(b"HPUB %b %d %d\r\n%b%b\r\n" % (target, len(hdr), len(hdr) + len(m.data), hdr, m.data))
+        self._next = n
+        blob = b"".join(parts)
+        nc.stats["out_msgs"] += len(msgs)
+        nc.stats["out_bytes"] += len(blob)
+        await nc._send_command(blob)
+        await nc._flush_pending()

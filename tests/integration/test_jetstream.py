@@ -1,0 +1,129 @@
+"""JetStream on: mt5d provisions its streams (create, update, refuse with 78, never delete),
+"confirmed" means stored, and the embedded server keeps its store under the state directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import msgspec
+import nats
+import pytest
+
+from mt5d.daemon.config import parse_config
+from mt5d.daemon.jetstream import ProvisionError, provision
+from mt5d.subjects import Subjects
+from tests.integration.helpers import eventually, unique_account
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def js_config(**values):
+    return parse_config({"jetstream": {"enabled": True, **values}}, env={}).jetstream
+
+
+async def test_provision_creates_updates_and_refuses_without_deleting(fresh_nats):
+    account = unique_account("prov")
+    subjects = Subjects("mt5", account)
+    nc = await nats.connect(fresh_nats.url)
+    js = nc.jetstream()
+    try:
+        names = await provision(js, js_config(max_age=3600.0), subjects)
+        assert names == [f"MT5_{account}", f"MT5_{account}_LAST"]
+        main = (await js.stream_info(names[0])).config
+        assert sorted(main.subjects) == sorted([f"mt5.{account}.tick.*", f"mt5.{account}.candle.*.*"])
+        assert main.max_age == 3600.0 and main.duplicate_window == 300.0 and main.allow_direct
+        last = (await js.stream_info(names[1])).config
+        assert last.max_msgs_per_subject == 1 and last.allow_direct
+        assert last.subjects == [f"mt5.{account}.candle_forming.*.*"] and last.sources[0].name == names[0]
+        await js.publish(f"mt5.{account}.tick.EURUSD", b"{}", headers={"Nats-Msg-Id": "x"})
+        # What may change, changes; the stored message stays.
+        await provision(js, js_config(max_age=7200.0, duplicate_window=60.0), subjects)
+        info = await js.stream_info(names[0])
+        assert info.config.max_age == 7200.0 and info.config.duplicate_window == 60.0
+        assert info.state.messages == 1
+        # What the server refuses to change is an error naming the field; the stream is kept.
+        with pytest.raises(ProvisionError) as err:
+            await provision(js, js_config(max_age=7200.0, duplicate_window=60.0, storage="memory"), subjects)
+        assert err.value.config and "jetstream.storage" in str(err.value) and names[0] in str(err.value)
+        assert (await js.stream_info(names[0])).state.messages == 1
+    finally:
+        await nc.close()
+
+
+async def _quiet(err) -> None:  # the server is not up yet: nats-py would print each refusal
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_config(path: Path, url: str, account: str, **extra) -> Path:
+    lines = ['[terminal]\nbackend = "sim"\nlogin = 10001234\n',
+             f'[stream]\nsymbols = ["EURUSD"]\ntimeframes = ["M1"]\nstate_dir = "{path.parent / "state"}"\n',
+             f'[nats]\nurl = "{url}"\naccount = "{account}"\nembedded = {str(extra.pop("embedded", False)).lower()}\n',
+             "[jetstream]\nenabled = true\n" + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in extra.items())]
+    path.write_text("\n".join(lines))
+    return path
+
+
+async def test_refused_stream_change_exits_78_and_keeps_the_stream(fresh_nats, tmp_path):
+    account = unique_account("refuse")
+    nc = await nats.connect(fresh_nats.url)
+    js = nc.jetstream()
+    await provision(js, js_config(storage="file"), Subjects("mt5", account))
+    await js.publish(f"mt5.{account}.tick.EURUSD", b"{}")
+    cfg = _write_config(tmp_path / "c.toml", fresh_nats.url, account, storage="memory")
+    res = await anyio.run_process([sys.executable, "-m", "mt5d.daemon.cli", "run", "--config", str(cfg)],
+                                  check=False, cwd=ROOT)
+    assert res.returncode == 78, res.stderr.decode()[-2000:]
+    assert b"mt5d: config error: jetstream.storage" in res.stderr
+    assert (await js.stream_info(f"MT5_{account}")).state.messages == 1
+    await nc.close()
+
+
+async def test_embedded_server_runs_jetstream_with_its_store_under_the_state_directory(tmp_path):
+    account = unique_account("embedded")
+    url = f"nats://127.0.0.1:{_free_port()}"
+    cfg = _write_config(tmp_path / "c.toml", url, account, embedded=True)
+    proc = subprocess.Popen([sys.executable, "-m", "mt5d.daemon.cli", "run", "--config", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "MT5_PASSWORD": "x"})
+    nc = None
+    try:
+        async def stored() -> int:
+            try:
+                return (await nc.jetstream().stream_info(f"MT5_{account}")).state.messages
+            except Exception:
+                return 0
+
+        with anyio.fail_after(30):
+            while nc is None:
+                try:
+                    nc = await nats.connect(url, connect_timeout=1, allow_reconnect=False, error_cb=_quiet)
+                except Exception:
+                    await anyio.sleep(0.2)
+            while await stored() < 5:
+                await anyio.sleep(0.1)
+        assert (tmp_path / "state" / "jetstream" / "jetstream").is_dir()
+        tick = await nc.jetstream().get_last_msg(f"MT5_{account}", f"mt5.{account}.tick.EURUSD")
+        assert msgspec.json.decode(tick.data)["symbol"] == "EURUSD"
+        assert tick.headers["Nats-Msg-Id"].startswith("EURUSD:")
+    finally:
+        if nc is not None:
+            await nc.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
