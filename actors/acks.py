@@ -54,6 +54,8 @@ class StoredAcks:
         self._refused: list[Stored] = []
         self._next = 0
         self._inbox = ""
+        self._inbox_b = b""
+        self._broken = False
         self._sub = None
         self._changed = anyio.Event()
         self._fast = hasattr(nc, "_send_command") and hasattr(nc, "_flush_pending")
@@ -65,6 +67,7 @@ class StoredAcks:
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
+        self._inbox_b = self._inbox.encode()
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack,
                                              pending_msgs_limit=4 * self._max + 1024)
 
@@ -109,15 +112,20 @@ class StoredAcks:
             if self._pending:
                 await self._wait(lambda: not self._pending or bool(self._refused))
 
-    def forget(self) -> None:
-        """The connection was lost: nothing pending will be acked; the publisher sends it all again."""
+    def on_disconnected(self) -> None:
+        """Acks of what is pending may never come: whoever waits for them gives up now."""
+        self._broken = True
+        self._poke()
+
+    def restart(self) -> None:
+        """Before the publisher sends every unconfirmed batch again: forget what was pending."""
         self._pending.clear()
         self._refused.clear()
-        self._poke()
+        self._broken = False
 
     async def _wait(self, done) -> None:
         while not done():
-            if not self._nc.is_connected:
+            if self._broken or not self._nc.is_connected:
                 raise ConnectionClosedError
             oldest = min(sent for _, sent in self._pending.values()) if self._pending else anyio.current_time()
             left = oldest + self._timeout - anyio.current_time()
@@ -164,7 +172,7 @@ class StoredAcks:
         if nc.is_closed or not nc.is_connected or nc.is_draining_pubs:
             raise ConnectionClosedError  # never buffer while disconnected: the batch is held instead
         now = anyio.current_time()
-        inbox, lease = self._inbox, self.lease
+        inbox, inbox_b, lease = self._inbox, self._inbox_b, self.lease
         if not self._fast:
             for m in msgs:
                 reply = ""
@@ -193,7 +201,7 @@ class StoredAcks:
                 n += 1
                 self._pending[n] = (m, now)
                 hdr += b"Nats-Msg-Id: " + m.msg_id.encode() + b"\r\n"
-                target = b"%b %b.%d" % (sb, inbox.encode(), n)
+                target = b"%b %b.%d" % (sb, inbox_b, n)
             else:
                 target = sb
             hdr += b"\r\n"

@@ -7,6 +7,9 @@ is kept; while NATS is down the publisher takes no new batch, so the poller
 blocks and the terminal's own tick history buffers the outage. Unconfirmed
 batches are sent again when the connection is back (with ``msg_id`` on,
 JetStream drops the repeats: the id is symbol, millisecond and position in it).
+
+With JetStream on, confirmation is the other strategy, ``actors.acks.StoredAcks``:
+a batch counts once the stream acknowledged each of its messages.
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ class Publisher:
         state=None,  # actors.state.StateFile: where capture stands, saved as NATS confirms
         telemetry: Telemetry | None = None,
         wall_clock: Callable[[], float] = time.time,
+        stored=None,  # actors.acks.StoredAcks: JetStream on, "confirmed" means stored
     ) -> None:
+        self._stored = stored
         self._tel = telemetry or Telemetry.disabled()
         self._wall = wall_clock
         self._sent_at: list[tuple[float, float]] = []  # (perf_counter, wall ms) per unconfirmed batch
@@ -80,6 +85,8 @@ class Publisher:
 
     # nats-py connection callbacks (registered by the app)
     async def on_disconnected(self) -> None:
+        if self._stored is not None:
+            self._stored.on_disconnected()
         if self._up.is_set():
             self._up = anyio.Event()
             log.warning("NATS connection lost; holding the stream until it is back")
@@ -97,7 +104,10 @@ class Publisher:
                 with anyio.move_on_after(2, shield=True):
                     if self._unconfirmed and self._nc.is_connected:
                         try:
-                            await self._nc.flush(timeout=2)
+                            if self._stored is not None:
+                                await self._stored.settle()
+                            else:
+                                await self._nc.flush(timeout=2)
                             for batch, _ in self._unconfirmed:
                                 self._state.confirmed(batch.cursors, batch.bars, batch.deal_cursor)
                         except _RETRYABLE:
@@ -105,6 +115,8 @@ class Publisher:
                 self._state.save()
 
     async def _run(self, task_status: TaskStatus) -> None:
+        if self._stored is not None:
+            await self._stored.start()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._health_loop)
             task_status.started()
@@ -127,7 +139,11 @@ class Publisher:
                     await self._confirm()
 
     def _messages(self, batch: Batch) -> _Messages:
-        """A batch's messages: in the fast path already as PUB protocol lines, one blob."""
+        """A batch's messages: in the fast path already as PUB protocol lines, one blob
+        (JetStream on: the StoredAcks strategy's, each with its identity)."""
+        if self._stored is not None:
+            stored = self._stored.messages(batch)
+            return _Messages(len(stored), None, stored)
         if self._fast and not self._msg_id:
             n = len(batch.ticks) + len(batch.candles) + len(batch.forming) + len(batch.books) + len(batch.account)
             return _Messages(n, self._blob(batch), None)
@@ -185,7 +201,9 @@ class Publisher:
     async def _send(self, msgs: _Messages) -> bool:
         await self._up.wait()
         try:
-            if msgs.blob is not None:
+            if self._stored is not None:
+                await self._stored.send(msgs.items)
+            elif msgs.blob is not None:
                 await self._send_blob(msgs.blob, msgs.count)
             else:
                 publish = self._nc.publish
@@ -213,10 +231,13 @@ class Publisher:
         await nc._flush_pending()
 
     async def _confirm(self) -> None:
-        """One PING/PONG: the server has everything sent before it."""
+        """One PING/PONG: the server has everything sent before it (or, JetStream on, every ack)."""
         while True:
             try:
-                await self._nc.flush(timeout=self._flush_timeout)
+                if self._stored is not None:
+                    await self._stored.settle()
+                else:
+                    await self._nc.flush(timeout=self._flush_timeout)
             except _RETRYABLE as err:
                 self._lost(err)
                 await self._recover()
@@ -248,6 +269,9 @@ class Publisher:
                 await anyio.sleep(0.1)  # e.g. a flush timeout on a live link: try again soon
             else:
                 await self.on_disconnected()
+            if self._stored is not None:
+                await self._up.wait()
+                self._stored.restart()
             if all([await self._send(msgs) for _, msgs in self._unconfirmed]):
                 return
 

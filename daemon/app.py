@@ -162,10 +162,17 @@ class Daemon:
             except BaseException:
                 await self.nc.close()
                 raise
+        stored = None
+        if cfg.jetstream.enabled:
+            from mt5d.actors.acks import StoredAcks
+
+            stored = StoredAcks(nc=self.nc, subjects=self.subjects, codec=self.codec,
+                                kinds=cfg.jetstream.subjects, max_in_flight=cfg.jetstream.max_in_flight,
+                                ack_timeout=cfg.jetstream.ack_timeout)
         self.publisher = holder["p"] = Publisher(
             nc=self.nc, subjects=self.subjects, codec=self.codec, batches=self._batches_recv,
             health=self._health_recv, msg_id=cfg.nats.msg_id, state=self.state,
-            telemetry=self.telemetry, wall_clock=self.wall_clock,
+            telemetry=self.telemetry, wall_clock=self.wall_clock, stored=stored,
         )
         try:
             async with anyio.create_task_group() as tg:

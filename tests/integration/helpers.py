@@ -183,3 +183,29 @@ def future_level(sim, symbol: str, side: str, after: float, until: float) -> tup
     then = SimTerminal(seed=sim.seed, ticks_per_second=sim.ticks_per_second, clock=lambda: sim.start + after)
     then.initialize()
     return float(getattr(np, fn)(ticks[field])), float(getattr(then.symbol_info_tick(symbol), field))
+
+
+async def stored_ticks(js, stream: str, subject: str) -> list[tuple[int, int, float, float]]:
+    """Every tick a JetStream stream holds on ``subject``, in order, as (time_msc, index_in_ms, bid, ask)."""
+    import msgspec
+    import nats.js.errors
+
+    try:
+        last = (await js.get_last_msg(stream, subject)).seq
+    except nats.js.errors.NotFoundError:
+        return []
+    sub = await js.subscribe(subject, ordered_consumer=True, stream=stream)
+    got = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=10)
+            t = msgspec.json.decode(msg.data)
+            got.append((t["time_msc_broker"], t["index_in_ms"], t["bid"], t["ask"]))
+            if msg.metadata.sequence.stream >= last:
+                return got
+    finally:
+        await sub.unsubscribe()
+
+
+async def stored_count(js, stream: str) -> int:
+    return (await js.stream_info(stream)).state.messages

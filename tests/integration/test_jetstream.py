@@ -18,10 +18,13 @@ import pytest
 from mt5d.daemon.config import parse_config
 from mt5d.daemon.jetstream import ProvisionError, provision
 from mt5d.subjects import Subjects
-from tests.integration.helpers import eventually, unique_account
+from mt5d.daemon.app import Daemon
+from tests.integration.helpers import (Collector, assert_same_as_history, eventually, make_config, running,
+                                       stored_ticks, unique_account)
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
+SYMBOLS = ["EURUSD", "EURUSD.m"]
 
 
 @pytest.fixture
@@ -127,3 +130,72 @@ async def test_embedded_server_runs_jetstream_with_its_store_under_the_state_dir
             await nc.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+
+
+async def test_confirmed_means_stored_refusals_are_sent_again_nothing_twice(fresh_nats, tmp_path):
+    """The stream refuses for a while (full, discard new): capture state and the publisher's count
+    hold; once it takes messages again, every tick is stored once, in order, and core subscribers got them."""
+    from nats.js.api import DiscardPolicy
+
+    account = unique_account("acked")
+    cfg = make_config(fresh_nats.url, account, jetstream={"enabled": True, "ack_timeout": 1.0},
+                      stream={"symbols": SYMBOLS, "timeframes": [], "state_dir": str(tmp_path)},
+                      terminal={"sim": {"ticks_per_second": 40.0}})
+    stream = f"MT5_{account}"
+    col = await Collector(account).start(fresh_nats.url)
+    nc = await nats.connect(fresh_nats.url)
+    js = nc.jetstream()
+    daemon = Daemon(cfg)
+    try:
+        async with running(daemon):
+            await col.wait_for(lambda: len(col.ticks["EURUSD"]) >= 20, timeout=15)
+            await eventually(lambda: daemon.publisher.published >= 20, timeout=15)
+            info = await js.stream_info(stream)
+            cfg_full = info.config
+            cfg_full.discard, cfg_full.max_msgs = DiscardPolicy.NEW, info.state.messages + 5
+            await js.update_stream(cfg_full)
+            await eventually(lambda: daemon.publisher._stored.resent > 0, timeout=15)
+            held = daemon.publisher.published
+            state_before = (tmp_path / f"capture-{account}.json").read_bytes()
+            await eventually(lambda: len(col.ticks["EURUSD"]) > 0 and daemon.poller.ticks_out > held + 20,
+                             timeout=15)
+            assert daemon.publisher.published == held  # not stored: not confirmed
+            assert (tmp_path / f"capture-{account}.json").read_bytes() == state_before
+            cfg_full.discard, cfg_full.max_msgs = DiscardPolicy.OLD, -1
+            await js.update_stream(cfg_full)
+            target = daemon.poller.ticks_out + 40
+            await eventually(lambda: daemon.publisher.published >= target, timeout=20)
+        for symbol, token in (("EURUSD", "EURUSD"), ("EURUSD.m", "EURUSD=2Em")):
+            got = await stored_ticks(js, stream, f"mt5.{account}.tick.{token}")
+            assert_same_as_history(daemon.module, symbol, got)
+            core = [(t.time_msc_broker, t.index_in_ms, t.bid, t.ask) for t in col.ticks[symbol]]
+            assert set(got) <= set(core)  # core subscribers saw every stored tick
+        assert daemon.publisher._stored.stored >= daemon.publisher.published
+    finally:
+        await col.close()
+        await nc.close()
+
+
+async def test_nats_restart_with_jetstream_on_stores_every_tick_once(fresh_nats):
+    account = unique_account("jsrestart2")
+    cfg = make_config(fresh_nats.url, account, jetstream={"enabled": True},
+                      stream={"symbols": SYMBOLS, "timeframes": ["M1"]},
+                      terminal={"sim": {"ticks_per_second": 40.0}})
+    stream = f"MT5_{account}"
+    admin = await nats.connect(fresh_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    js = admin.jetstream()
+    daemon = Daemon(cfg)
+    async with running(daemon):
+        await eventually(lambda: daemon.publisher.published >= 50, timeout=15)
+        fresh_nats.stop()
+        await eventually(lambda: not daemon.nc.is_connected, timeout=10)
+        before = daemon.poller.ticks_out
+        await eventually(lambda: daemon.poller.ticks_out > before, timeout=10)
+        fresh_nats.start()
+        target = daemon.poller.ticks_out + 100
+        await eventually(lambda: daemon.publisher.published >= target, timeout=30)
+    await eventually(lambda: admin.is_connected, timeout=15)
+    for symbol, token in (("EURUSD", "EURUSD"), ("EURUSD.m", "EURUSD=2Em")):
+        got = await stored_ticks(js, stream, f"mt5.{account}.tick.{token}")
+        assert_same_as_history(daemon.module, symbol, got)
+    await admin.close()
