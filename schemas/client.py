@@ -15,6 +15,11 @@ MetaTrader5 package's namedtuples.
         async for tick in stream:
             ...
 
+With JetStream on in the daemon, prices come from the server's last-value
+stream (answerable while mt5d restarts; the RPC when there is none), and
+``ticks(..., since="10m")`` / ``candles(..., since=...)`` replay what was
+stored, then go on live.
+
 Errors come back as the classes the daemon raised. No daemon answering is
 ``MT5ConnectionError`` (no responders, or the NATS link is down); an answer
 that does not come within ``operation_timeout`` is ``MT5TimeoutError``.
@@ -78,10 +83,11 @@ from mt5d.rpc import (
     timeframe_name,
     validate_request,
 )
-from mt5d.subjects import DEFAULT_PREFIX, Subjects
+from mt5d.stored import LastValues, NotStored, Replay, replay_since
+from mt5d.subjects import DEFAULT_PREFIX, Subjects, last_value_stream, stream_name
 
 __all__ = [
-    "MT5Client", "MT5SessionManager", "probe", "Stream", "open_nats", "inbox_prefix_for",
+    "MT5Client", "MT5SessionManager", "probe", "Stream", "Replay", "open_nats", "inbox_prefix_for",
     "AccountInfo", "Price", "Candle", "Tick", "HealthStatus", "SymbolSpec",
     "TIMEFRAMES", "TIMEFRAME_CODES", "timeframe_name",
     "TIMEFRAME_M1", "TIMEFRAME_M2", "TIMEFRAME_M3", "TIMEFRAME_M4", "TIMEFRAME_M5", "TIMEFRAME_M6",
@@ -127,14 +133,16 @@ class Price(Record, frozen=True, kw_only=True, gc=False):
     volume_real: float
     flags: int
     index_in_ms: int
-    age_ms: int  # since the daemon received it
+    age_ms: int  # since the daemon received it (from the stream: since the server stored it)
+    source: str = "daemon"  # "daemon" (its price endpoint) or "stream" (the server's last-value stream)
 
     @classmethod
-    def from_quote(cls, q: Quote) -> "Price":
+    def from_quote(cls, q: Quote, source: str = "daemon") -> "Price":
         t = q.tick
         return cls(symbol=t.symbol, time=t.time_msc_broker // 1000, time_msc=t.time_msc_broker,
                    time_utc_ms=t.time_utc_ms, bid=t.bid, ask=t.ask, last=t.last, volume=t.volume,
-                   volume_real=t.volume_real, flags=t.flags, index_in_ms=t.index_in_ms, age_ms=q.age_ms)
+                   volume_real=t.volume_real, flags=t.flags, index_in_ms=t.index_in_ms, age_ms=q.age_ms,
+                   source=source)
 
 
 # Settings of the old in-process manager that are the daemon's now.
@@ -310,6 +318,8 @@ class MT5Client(AccountMethods):  # account data: see mt5d.account_client
         token: str | None = None,
         creds: str | None = None,
         inbox_prefix: str | None = None,
+        stream: str | None = None,
+        last_value: bool = True,
         **settings: Any,
     ) -> None:
         refused = [k for k in settings if k in _DAEMON_SETTINGS or k.startswith("backoff_")]
@@ -328,6 +338,9 @@ class MT5Client(AccountMethods):  # account data: see mt5d.account_client
             raise TypeError("`timeout` and `operation_timeout` are the same setting: give one")
         self.subjects = Subjects(prefix, account if account is not None else login)
         self.account = self.subjects.account
+        # JetStream (when the daemon has it on): the stream to replay, and prices from its last values.
+        self.stream = stream or stream_name(self.account)
+        self._last_value = last_value
         self.codec = Codec(encoding)
         self.timeout = next((t for t in (operation_timeout, timeout) if t is not None), 5.0)
         self.connection_timeout = connection_timeout
@@ -481,8 +494,28 @@ class MT5Client(AccountMethods):  # account data: see mt5d.account_client
     async def get_margin_free(self) -> float:
         return (await self.get_account_info()).margin_free
 
+    async def _stored_prices(self, symbols: list[str]) -> dict[str, Price] | None:
+        """From the last-value stream (Direct Get: any server answers, mt5d running or not);
+        None when there is no such stream (JetStream off in the daemon)."""
+        if not self._last_value:
+            return None
+        if not self._open or self._nc is None:
+            raise MT5StateError("not connected: call `await manager.connect()` first")
+        last = LastValues(self._nc, last_value_stream(self.stream), timeout=min(self.timeout, 2.0))
+        try:
+            found = await last.ticks({s: self.subjects.tick(s) for s in symbols})
+        except NotStored:
+            return None
+        return {s: Price.from_quote(Quote(tick=t, age_ms=age), "stream") for s, (t, age) in found.items()}
+
     async def get_price(self, symbol: str) -> Price:
-        """The latest tick of ``symbol`` (``.bid``, ``.ask``, ``.time``, ``.age_ms``, ...)."""
+        """The latest tick of ``symbol`` (``.bid``, ``.ask``, ``.time``, ``.age_ms``, ``.source``, ...):
+        from the last-value stream when there is one, else from the daemon."""
+        validate_request(PriceRequest(symbol=symbol))
+        stored = await self._stored_prices([symbol])
+        if stored and symbol in stored:
+            return stored[symbol]
+        # One symbol: the daemon's own checks apply (an unknown symbol is an error, not "missing").
         reply = await self.call("price", PriceRequest(symbol=symbol), PriceReply)
         quote = reply.prices.get(symbol)
         if quote is None:  # an older daemon: the current one says why instead
@@ -490,9 +523,22 @@ class MT5Client(AccountMethods):  # account data: see mt5d.account_client
         return Price.from_quote(quote)
 
     async def get_prices(self, symbols: Iterable[str]) -> dict[str, Price]:
-        """symbol -> latest tick; symbols without a known price are left out."""
-        reply = await self.call("price", PriceRequest(symbols=list(symbols)), PriceReply)
-        return {s: Price.from_quote(q) for s, q in reply.prices.items()}
+        """symbol -> latest tick; symbols without a known price are left out. Many symbols at
+        one point in time from the last-value stream (``multi_last``); the rest from the daemon."""
+        wanted = list(dict.fromkeys([symbols] if isinstance(symbols, str) else symbols))
+        validate_request(PriceRequest(symbols=wanted))
+        out = await self._stored_prices(wanted) or {}
+        wanted = [s for s in wanted if s not in out]
+        if not wanted:
+            return out
+        try:
+            reply = await self.call("price", PriceRequest(symbols=wanted), PriceReply)
+        except (MT5TimeoutError, MT5ConnectionError):
+            if out:
+                return out  # mt5d is away: what the stream has is the answer
+            raise
+        out.update({s: Price.from_quote(q) for s, q in reply.prices.items()})
+        return out
 
     async def get_candles(self, symbol: str, timeframe: str | int = "M15", count: int | None = DEFAULT_CANDLES,
                           *, start: int | None = None, end: int | None = None) -> list[Candle]:
@@ -550,18 +596,33 @@ class MT5Client(AccountMethods):  # account data: see mt5d.account_client
             raise MT5StateError("not connected: call `await manager.connect()` first")
         return self._nc
 
-    def ticks(self, symbols: str | Iterable[str] | None = None) -> Stream[Tick]:
-        """Ticks of ``symbols`` (one subscription each), or of every symbol when None."""
+    def ticks(self, symbols: str | Iterable[str] | None = None, *,
+              since: Any = None) -> Stream[Tick] | Replay[Tick]:
+        """Ticks of ``symbols`` (one subscription each), or of every symbol when None.
+
+        ``since`` (epoch ms UTC, an aware datetime, a timedelta or "10m"): first
+        the stored ticks from then on, then live, none missed and none twice
+        (needs the daemon's JetStream stream)."""
         if symbols is None:
             subjects = [self.subjects.all_ticks()]
         else:
             subjects = [self.subjects.tick(s) for s in ([symbols] if isinstance(symbols, str) else symbols)]
+        if since is not None:
+            return Replay(self._stream_nc().jetstream(), self.stream, subjects, Tick,
+                          since_ms=replay_since(since), queue_size=self._queue_size)
         return Stream(self._stream_nc(), subjects, Tick, self._queue_size)
 
-    def candles(self, symbol: str, timeframe: str | int = "M15", *, forming: bool = False) -> Stream[Candle]:
-        """Closed bars of one symbol/timeframe; with ``forming`` also the forming-bar updates."""
+    def candles(self, symbol: str, timeframe: str | int = "M15", *, forming: bool = False,
+                since: Any = None) -> Stream[Candle] | Replay[Candle]:
+        """Closed bars of one symbol/timeframe; with ``forming`` also the forming-bar updates.
+        ``since``: the stored closed bars opened from then on, then live (not with ``forming``)."""
         tf = timeframe_name(timeframe)
         subjects = [self.subjects.candle(symbol, tf)]
+        if since is not None:
+            if forming:
+                raise MT5ValidationError("since: the forming bar is not stored (use forming=False)")
+            return Replay(self._stream_nc().jetstream(), self.stream, subjects, Candle,
+                          since_ms=replay_since(since), queue_size=self._queue_size)
         if forming:
             subjects.append(self.subjects.candle_forming(symbol, tf))
         return Stream(self._stream_nc(), subjects, Candle, self._queue_size)

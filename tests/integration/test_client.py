@@ -185,7 +185,7 @@ async def test_account_shapes(client):
 
 async def test_prices(client):
     p = await client.get_price("EURUSD.m")
-    assert p.symbol == "EURUSD.m" and p.age_ms == 3
+    assert p.symbol == "EURUSD.m" and p.age_ms == 3 and p.source == "daemon"  # no stream: the RPC
     assert {"bid", "ask", "last", "time", "time_msc", "time_utc_ms", "volume", "flags"} <= set(p._asdict())
     assert p.time == p.time_msc // 1000 and p.bid == tick("EURUSD.m", 1).bid
     prices = await client.get_prices(["EURUSD", "EURUSD.m", "NOPE"])

@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import msgspec
 import nats
+import nats.js.errors
 import pytest
 
 from mt5d.daemon.config import parse_config
@@ -199,3 +200,45 @@ async def test_nats_restart_with_jetstream_on_stores_every_tick_once(fresh_nats)
         got = await stored_ticks(js, stream, f"mt5.{account}.tick.{token}")
         assert_same_as_history(daemon.module, symbol, got)
     await admin.close()
+
+
+async def test_last_value_is_answered_by_the_server_while_mt5d_is_away(fresh_nats):
+    from mt5d.client import MT5Client
+    from mt5d.errors import MT5ConnectionError
+
+    account = unique_account("last")
+    cfg = make_config(fresh_nats.url, account, jetstream={"enabled": True},
+                      stream={"symbols": SYMBOLS, "timeframes": ["M1"], "forming_interval": 0.2},
+                      terminal={"sim": {"ticks_per_second": 20.0}})
+    nc = await nats.connect(fresh_nats.url)
+    js = nc.jetstream()
+    client = MT5Client(nc, account=account, timeout=2.0)
+    daemon = Daemon(cfg)
+    try:
+        async with running(daemon):
+            await eventually(lambda: daemon.publisher.published >= 20, timeout=15)
+            live = await client.get_prices(SYMBOLS)
+            assert set(live) == set(SYMBOLS) and all(p.source == "stream" for p in live.values())
+            forming = f"mt5.{account}.candle_forming.EURUSD.M1"
+            with anyio.fail_after(15):
+                while True:
+                    try:
+                        bar = await js.get_last_msg(f"MT5_{account}_LAST", forming, direct=True)
+                        break
+                    except nats.js.errors.NotFoundError:
+                        await anyio.sleep(0.1)
+            assert msgspec.json.decode(bar.data)["closed"] is False
+        # mt5d is stopped: the price is still answered, by the server, with its age.
+        newest = {s: msgspec.json.decode((await js.get_last_msg(f"MT5_{account}", f"mt5.{account}.tick.{tok}")).data)
+                  for s, tok in (("EURUSD", "EURUSD"), ("EURUSD.m", "EURUSD=2Em"))}
+        away = await client.get_prices(SYMBOLS)
+        for symbol in SYMBOLS:
+            assert away[symbol].source == "stream"
+            assert away[symbol].time_msc == newest[symbol]["time_msc_broker"]
+            assert away[symbol].bid == newest[symbol]["bid"]
+        one = await client.get_price("EURUSD.m")
+        assert one.time_msc == newest["EURUSD.m"]["time_msc_broker"] and one.age_ms >= 0
+        with pytest.raises(MT5ConnectionError):
+            await client.get_price("GBPUSD")  # not stored, and no daemon to ask
+    finally:
+        await nc.close()
