@@ -148,7 +148,7 @@ def cmd_tail(args) -> int:
 
     try:
         return anyio.run(functools.partial(tail, args.url, args.subject, args.count, args.raw, user=args.user,
-                                           creds=args.creds, inbox_prefix=args.inbox_prefix))
+                                           creds=args.creds, inbox_prefix=args.inbox_prefix, since=args.since))
     except KeyboardInterrupt:
         return EX_OK
 
@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="NATS user (password from $NATS_PASSWORD); or user:password@ in --url")
     p.add_argument("--creds", default="", help="a NATS .creds file")
     p.add_argument("--inbox-prefix", default="", help="reply subjects' prefix (default: _INBOX_<user>)")
+    p.add_argument("--since", default=None,
+                   help="replay what the JetStream stream stored since then ('10m', '2h', epoch ms), then live")
     p.set_defaults(fn=cmd_tail)
     p = sub.add_parser("bench", help="measure throughput, latency, CPU and completeness")
     p.add_argument("--json", action="store_true", help="print one JSON object")
