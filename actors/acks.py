@@ -24,12 +24,16 @@ from mt5d.actors.messages import Batch
 from mt5d.codec import Codec
 from mt5d.subjects import Subjects
 
-__all__ = ["StoredAcks", "Stored", "LEASE_HEADER"]
+__all__ = ["StoredAcks", "Stored", "NotLeading", "LEASE_HEADER"]
 
 log = logging.getLogger("mt5d.publisher")
 
 # The hot standby's fencing token (the lease revision of the publishing leader).
 LEASE_HEADER = "Mt5d-Lease"
+
+
+class NotLeading(Exception):
+    """The hot-standby lease is not ours (or past its deadline): nothing may be published."""
 
 
 class Stored(NamedTuple):
@@ -42,7 +46,8 @@ class StoredAcks:
     """Publish-and-ack bookkeeping of one connection; owned by the Publisher."""
 
     def __init__(self, *, nc, subjects: Subjects, codec: Codec, kinds: tuple[str, ...],
-                 max_in_flight: int = 8192, ack_timeout: float = 5.0) -> None:
+                 max_in_flight: int = 8192, ack_timeout: float = 5.0, fence=None) -> None:
+        self._fence = fence  # hot standby: () -> bool, may this daemon publish now
         self._nc = nc
         self._subjects = subjects
         self._codec = codec
@@ -169,6 +174,8 @@ class StoredAcks:
 
     async def _write(self, msgs: list[Stored]) -> None:
         nc = self._nc
+        if self._fence is not None and not self._fence():
+            raise NotLeading
         if nc.is_closed or not nc.is_connected or nc.is_draining_pubs:
             raise ConnectionClosedError  # never buffer while disconnected: the batch is held instead
         now = anyio.current_time()

@@ -41,7 +41,9 @@ class Health:
         alive: Callable[[], bool] = lambda: True,
         notifier=None,
         wall_clock: Callable[[], float] = time.time,
+        role: Callable[[], tuple[str, int]] | None = None,  # hot standby: (role, lease revision)
     ) -> None:
+        self._role = role
         self._conn = conn
         self._account = account
         self._changes = changes
@@ -105,7 +107,10 @@ class Health:
         last_tick = self._last_tick_at()
         reference = last_tick if last_tick is not None else self._started_at
         connection_ok = st.connected and probe_ok and not st.wedged
+        role, revision = self._role() if self._role is not None else ("", 0)
         return HealthEvent(
+            role=role,
+            lease_revision=revision,
             account=self._account,
             time_utc_ms=int(self._wall() * 1000),
             event=kind,
@@ -118,6 +123,11 @@ class Health:
             wedged=st.wedged,
             **_terminal_fields(terminal),
         )
+
+    def role_changed(self) -> None:
+        """The lease changed hands here: say so at once, not at the next probe."""
+        role, _ = self._role()
+        self._emit(self._event(role, "the hot-standby lease changed hands"))
 
     async def _forward_changes(self) -> None:
         async for change in self._changes:

@@ -24,3 +24,5 @@ class Batch:
     # the newest deal among them as (time_msc, ticket), saved when NATS confirms it.
     account: list = field(default_factory=list)
     deal_cursor: tuple | None = None
+    # Hot standby: the lease term the poller held when it made this batch (0: no HA).
+    term: int = 0

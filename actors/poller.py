@@ -60,9 +60,12 @@ class Poller:
         resume: tuple[dict, dict] = ({}, {}),
         books: Books | None = None,
         account=None,  # actors.account.AccountTracker: positions/orders/deals/account in the same hop
+        gate=None,  # hot standby: async () -> (term, seed or None); returns while this daemon leads
     ) -> None:
         self._books = books  # depth of market: read in the same hop (actors/books.py)
         self._account = account
+        self._gate = gate
+        self.term = 0
         self._tel = telemetry or Telemetry.disabled()
         self._conn = conn
         self._timeframes = timeframes
@@ -97,6 +100,11 @@ class Poller:
         task_status.started()
         quiet_since = anyio.current_time()
         while True:
+            if self._gate is not None:
+                term, seed = await self._gate()
+                if seed is not None:  # a takeover: go on from what the stream holds
+                    self.reseed(*seed)
+                self.term = term
             started = anyio.current_time()
             t0 = time.perf_counter()
             try:
@@ -108,12 +116,21 @@ class Poller:
             else:
                 self._tel.poll_cycle(time.perf_counter() - t0)
             if batch is not None and (batch.ticks or batch.candles or batch.forming or batch.books or batch.account):
+                batch.term = self.term
                 await self._out.send(batch)
             if batch is not None and batch.ticks:
                 quiet_since = anyio.current_time()
                 self.last_tick_at = quiet_since
             interval = self._poll if anyio.current_time() - quiet_since < IDLE_AFTER else self._idle
             await anyio.sleep_until(started + interval)
+
+    def reseed(self, cursors: dict[str, TickCursor], bars: dict[tuple[str, str], int]) -> None:
+        """Capture goes on from these cursors and last closed bars (the stream's, at a takeover);
+        a symbol without a cursor starts from its newest tick."""
+        self.cursors = dict(cursors)
+        self._resume_bars = dict(bars)
+        self.trackers.clear()
+        self._newest_s.clear()
 
     async def cycle(self) -> Batch:
         """One hop to the terminal for every symbol; returns what is new."""

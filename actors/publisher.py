@@ -23,6 +23,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 from nats.errors import ConnectionClosedError, FlushTimeoutError, OutboundBufferLimitError
 
+from mt5d.actors.acks import NotLeading
 from mt5d.actors.messages import Batch
 from mt5d.daemon.telemetry import Telemetry
 from mt5d.codec import Codec
@@ -58,8 +59,11 @@ class Publisher:
         telemetry: Telemetry | None = None,
         wall_clock: Callable[[], float] = time.time,
         stored=None,  # actors.acks.StoredAcks: JetStream on, "confirmed" means stored
+        lease=None,  # actors.lease.Lease: hot standby, only its holder publishes
     ) -> None:
         self._stored = stored
+        self._lease = lease
+        self.dropped_not_leading = 0
         self._tel = telemetry or Telemetry.disabled()
         self._wall = wall_clock
         self._sent_at: list[tuple[float, float]] = []  # (perf_counter, wall ms) per unconfirmed batch
@@ -110,8 +114,8 @@ class Publisher:
                                 await self._nc.flush(timeout=2)
                             for batch, _ in self._unconfirmed:
                                 self._state.confirmed(batch.cursors, batch.bars, batch.deal_cursor)
-                        except _RETRYABLE:
-                            pass  # not confirmed: the next start sends them again
+                        except (*_RETRYABLE, NotLeading):
+                            pass  # not confirmed: the next start (or leader) sends them again
                 self._state.save()
 
     async def _run(self, task_status: TaskStatus) -> None:
@@ -128,6 +132,11 @@ class Publisher:
                         batch = await self._batches.receive()
                 else:
                     batch = await self._batches.receive()
+                if batch is not None and self._lease is not None and (
+                        batch.term != self._lease.term or not self._lease.may_publish()):
+                    self.dropped_not_leading += len(batch.ticks)  # the leader publishes these
+                    batch = None
+                    continue
                 if batch is not None:
                     msgs = self._messages(batch)
                     self._unconfirmed.append((batch, msgs))
@@ -202,7 +211,11 @@ class Publisher:
         await self._up.wait()
         try:
             if self._stored is not None:
-                await self._stored.send(msgs.items)
+                try:
+                    await self._stored.send(msgs.items)
+                except NotLeading:
+                    self._not_leading()
+                    return True
             elif msgs.blob is not None:
                 await self._send_blob(msgs.blob, msgs.count)
             else:
@@ -235,7 +248,11 @@ class Publisher:
         while True:
             try:
                 if self._stored is not None:
-                    await self._stored.settle()
+                    try:
+                        await self._stored.settle()
+                    except NotLeading:
+                        self._not_leading()
+                        return
                 else:
                     await self._nc.flush(timeout=self._flush_timeout)
             except _RETRYABLE as err:
@@ -274,6 +291,14 @@ class Publisher:
                 self._stored.restart()
             if all([await self._send(msgs) for _, msgs in self._unconfirmed]):
                 return
+
+    def _not_leading(self) -> None:
+        """The lease is gone: what was not stored yet is the next leader's to publish."""
+        self.dropped_not_leading += sum(len(b.ticks) for b, _ in self._unconfirmed)
+        self._unconfirmed.clear()
+        self._sent_at.clear()
+        self._stored.restart()
+        log.warning("not leading: unconfirmed batches left to the leader")
 
     def _lost(self, err: Exception) -> None:
         n = sum(msgs.count for _, msgs in self._unconfirmed)

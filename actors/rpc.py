@@ -103,6 +103,9 @@ __all__ = ["RpcService", "SERVICE_NAME"]
 log = logging.getLogger("mt5d.rpc")
 
 SERVICE_NAME = "mt5d"
+# Hot standby: answered by the lease holder only (the terminal's account, an operator action,
+# what the leader's poller keeps: prices, books, positions and orders).
+LEADER_ONLY = ("account", "reconnect", "price", "book", "positions", "orders")
 # "busy" refusals are logged at most this often (with the running count).
 BUSY_LOG_EVERY = 10.0
 
@@ -135,9 +138,13 @@ class RpcService:
         telemetry=None,  # daemon.telemetry.Telemetry: a span and a count per request (None: off)
         books=None,  # actors.books.Books: the newest book per symbol (None: no books streamed)
         tracker=None,  # actors.account.AccountTracker: the streams' view of positions and orders
+        lease=None,  # actors.lease.Lease: hot standby; LEADER_ONLY endpoints only while leading
     ) -> None:
         self._books = books
         self._tracker = tracker
+        self._lease = lease
+        self._meta: dict[str, str] = {"account": account}
+        self._role_event = anyio.Event()
         self._nc = nc
         self._cfg = cfg
         self._account = account
@@ -179,7 +186,7 @@ class RpcService:
         svc = await nats.micro.add_service(
             self._nc, name=SERVICE_NAME, version=__version__,
             description="mt5d: account data, prices and history of one MetaTrader 5 terminal",
-            metadata={"account": self._account},
+            metadata=self._meta,
         )
         self.service = svc
         try:
@@ -187,7 +194,11 @@ class RpcService:
                 self._tg = tg
                 group = svc.add_group(name=rpc_group(self._cfg.nats.prefix, self._account))
                 for name in ENDPOINTS:
-                    await group.add_endpoint(name=name, handler=self._handler(name))
+                    if self._lease is None or name not in LEADER_ONLY:
+                        await group.add_endpoint(name=name, handler=self._handler(name))
+                if self._lease is not None:
+                    await self._apply_role(group)
+                    tg.start_soon(self._follow_role, group)
                 await self._until_server_has_our_subscriptions()
                 log.info("rpc service up", extra={"group": rpc_group(self._cfg.nats.prefix, self._account),
                                                   "endpoints": list(ENDPOINTS),
@@ -201,6 +212,32 @@ class RpcService:
                     await svc.stop()
                 except Exception as err:  # the connection may already be closed
                     log.debug("rpc service stop failed", extra={"error": type(err).__name__})
+
+    # ---- hot standby: what only the leader answers ---------------------------
+    def role_changed(self) -> None:
+        self._role_event.set()
+
+    async def _follow_role(self, group) -> None:
+        while True:
+            await self._role_event.wait()
+            self._role_event = anyio.Event()
+            await self._apply_role(group)
+
+    async def _apply_role(self, group) -> None:
+        """Leader-only endpoints subscribed while leading, unsubscribed otherwise; role in $SRV.INFO."""
+        leading = self._lease.role == "leader"
+        self._meta["role"] = self._lease.role
+        self._meta["lease_revision"] = str(self._lease.term)
+        # nats.micro (2.16) has no public way to stop one endpoint: its Endpoint's own _start/_stop.
+        present = {ep._name: ep for ep in self.service._endpoints}
+        for name in LEADER_ONLY:
+            ep = present.get(name)
+            if leading and ep is None:
+                await group.add_endpoint(name=name, handler=self._handler(name))
+            elif leading and ep._subscription is None:
+                await ep._start()
+            elif not leading and ep is not None and ep._subscription is not None:
+                await ep._stop()
 
     async def _until_server_has_our_subscriptions(self, timeout: float = 5.0) -> None:
         """Return once the server routes to the endpoints' subscriptions.

@@ -108,6 +108,16 @@ class Daemon:
             telemetry=self.telemetry,
             books=cfg.stream.books,
         )
+        self.lease = None
+        self._seeds: dict[int, tuple[dict, dict]] = {}
+        self.rpc = None
+        self._stored = None
+        if cfg.ha.enabled:
+            from mt5d.actors.lease import Lease
+
+            self.lease = Lease(bucket=cfg.ha.bucket or f"mt5d_lease_{self.account}", ttl=cfg.ha.ttl,
+                               node=cfg.ha.node, replicas=cfg.jetstream.replicas,
+                               takeover=self._takeover, on_change=self._role_changed)
         off = cfg.stream.server_utc_offset
         state_dir = state_directory(cfg)
         self.state = (StateFile(Path(state_dir) / f"capture-{self.account}.json",
@@ -126,17 +136,53 @@ class Daemon:
             wall_clock=self.wall_clock, forming_interval=cfg.stream.forming_interval, telemetry=self.telemetry,
             resume=resume, account=self.tracker,
             books=self.books if cfg.stream.books else None,
+            gate=self._gate if self.lease is not None else None,
         )
         self.health = Health(
             conn=self.conn, account=self.account, changes=self._changes_recv, out=self._health_send,
             interval=cfg.health.interval, stale_after=cfg.health.stale_after,
             last_tick_at=lambda: self.poller.last_tick_at, alive=self.supervisor.all_alive,
             notifier=self.notifier, wall_clock=self.wall_clock,
+            role=(lambda: (self.lease.role, self.lease.term)) if self.lease is not None else None,
         )
         self.publisher: Publisher | None = None
         self.nc = None
         self.js = None
         self.streams: list[str] = []  # the JetStream streams provisioned (main, last value)
+
+    # -- hot standby ---------------------------------------------------------------
+    async def _gate(self) -> tuple[int, tuple[dict, dict] | None]:
+        """The poller's gate: returns while this daemon leads, with the takeover's cursors once per term."""
+        term = await self.lease.wait_leading()
+        return term, self._seeds.pop(term, None)
+
+    async def _takeover(self, term: int) -> None:
+        """Cursors at the stream's last stored message per subject: the new leader goes on from there."""
+        from mt5d.actors.logic.cursor import TickCursor
+        from mt5d.market import Candle, Tick
+        from mt5d.stored import LastValues
+
+        cfg = self.cfg
+        last = LastValues(self.nc, self.streams[0], timeout=max(1.0, cfg.ha.ttl / 3))
+        symbols = cfg.stream.symbols
+        ticks = await last.last({s: self.subjects.tick(s) for s in symbols}, Tick) if "tick" in cfg.jetstream.subjects else {}
+        bars = {}
+        if "candle" in cfg.jetstream.subjects and cfg.stream.timeframes:
+            bars = await last.last({(s, tf): self.subjects.candle(s, tf) for s in symbols
+                                    for tf in cfg.stream.timeframes}, Candle)
+        cursors = {s: TickCursor(t.time_msc_broker, t.index_in_ms + 1) for s, (t, _) in ticks.items()}
+        self._seeds = {term: (cursors, {k: c.time_broker for k, (c, _) in bars.items()})}
+        log.info("taking over from the stream's last stored messages",
+                 extra={"term": term, "symbols": len(cursors), "bars": len(bars)})
+
+    def _role_changed(self, role: str, term: int) -> None:
+        if self._stored is not None:
+            from mt5d.actors.acks import LEASE_HEADER
+
+            self._stored.lease = f"{LEASE_HEADER}: {term}\r\n".encode() if role == "leader" else b""
+        self.health.role_changed()
+        if self.rpc is not None:
+            self.rpc.role_changed()
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
@@ -166,19 +212,23 @@ class Daemon:
         if cfg.jetstream.enabled:
             from mt5d.actors.acks import StoredAcks
 
-            stored = StoredAcks(nc=self.nc, subjects=self.subjects, codec=self.codec,
-                                kinds=cfg.jetstream.subjects, max_in_flight=cfg.jetstream.max_in_flight,
-                                ack_timeout=cfg.jetstream.ack_timeout)
+            stored = self._stored = StoredAcks(
+                nc=self.nc, subjects=self.subjects, codec=self.codec, kinds=cfg.jetstream.subjects,
+                max_in_flight=cfg.jetstream.max_in_flight, ack_timeout=cfg.jetstream.ack_timeout,
+                fence=self.lease.may_publish if self.lease is not None else None)
         self.publisher = holder["p"] = Publisher(
             nc=self.nc, subjects=self.subjects, codec=self.codec, batches=self._batches_recv,
             health=self._health_recv, msg_id=cfg.nats.msg_id, state=self.state,
-            telemetry=self.telemetry, wall_clock=self.wall_clock, stored=stored,
+            telemetry=self.telemetry, wall_clock=self.wall_clock, stored=stored, lease=self.lease,
         )
         try:
             async with anyio.create_task_group() as tg:
                 sup = self.supervisor
                 await tg.start(sup.child, "connection", self.conn.run)
                 await tg.start(sup.child, "publisher", self.publisher.run)
+                if self.lease is not None:
+                    self.lease.js = self.js
+                    await tg.start(sup.child, "lease", self.lease.run)
                 await tg.start(sup.child, "poller", self.poller.run)
                 await tg.start(sup.child, "health", self.health.run)
                 if cfg.rpc.enabled:
@@ -188,7 +238,7 @@ class Daemon:
                                           prices=self.prices, health=self.health, codec=self.codec,
                                           utc=self.poller.utc, wall_clock=self.wall_clock,
                                           telemetry=self.telemetry, books=self.books,
-                                          tracker=self.tracker)
+                                          tracker=self.tracker, lease=self.lease)
                     await tg.start(sup.child, "rpc", self.rpc.run)
                 st = self.conn.status()
                 log.info("mt5d ready", extra={"account": self.account, "breaker": st.breaker,

@@ -43,6 +43,7 @@ EventKind = Literal[
     "probe", "connected", "disconnected", "auth_ok", "auth_failed",
     "breaker_open", "breaker_half_open", "breaker_closed", "wedged", "unwedged", "symbol_unknown",
     "book_unavailable",
+    "leader", "follower",  # hot standby: this daemon took the lease, or lost it
 ]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
@@ -129,3 +130,7 @@ class HealthEvent(Record, frozen=True, kw_only=True):
     trade_allowed: bool | None = None  # the terminal's "Algo Trading" switch
     terminal_connected: bool | None = None  # the terminal's link to the trade server
     ping_ms: float | None = None  # its last ping to the trade server (terminal_info().ping_last, µs / 1000)
+    # Hot standby: "leader" (publishes) or "follower"; "" without HA. lease_revision is the
+    # leader's fencing token (also the Mt5d-Lease header on every message it publishes).
+    role: str = ""
+    lease_revision: int = 0

@@ -52,31 +52,35 @@ class LastValues:
 
     async def ticks(self, subjects: dict[str, str]) -> dict[str, tuple[Tick, int]]:
         """symbol -> (newest stored tick, age in ms) for ``subjects`` (symbol -> subject); absent ones left out."""
-        out: dict[str, tuple[Tick, int]] = {}
+        return await self.last(subjects, Tick)
+
+    async def last(self, subjects: dict[Any, str], type: type[T]) -> dict[Any, tuple[T, int]]:
+        """key -> (newest stored message decoded as ``type``, age in ms), for ``subjects`` (key -> subject)."""
+        out: dict[Any, tuple[T, int]] = {}
         items = list(subjects.items())
         if len(items) == 1:
-            symbol, subject = items[0]
+            key, subject = items[0]
             msg = await self._request(f"$JS.API.DIRECT.GET.{self._stream}.{subject}", b"")
             if msg is not None:
-                out[symbol] = self._quote(msg)
+                out[key] = self._decoded(msg, type)
             return out
-        by_subject = {subj: sym for sym, subj in items}
+        by_subject = {subj: key for key, subj in items}
         for i in range(0, len(items), MULTI_LAST_MAX):
             chunk = [subj for _, subj in items[i:i + MULTI_LAST_MAX]]
             for msg in await self._batch({"multi_last": chunk, "batch": len(chunk)}):
-                symbol = by_subject.get(msg.headers.get("Nats-Subject", ""))
-                if symbol is not None:
-                    out[symbol] = self._quote(msg)
+                key = by_subject.get(msg.headers.get("Nats-Subject", ""))
+                if key is not None:
+                    out[key] = self._decoded(msg, type)
         return out
 
-    def _quote(self, msg) -> tuple[Tick, int]:
+    def _decoded(self, msg, type):
         try:
-            tick = decode_any(msg.data, Tick)
+            item = decode_any(msg.data, type)
         except msgspec.DecodeError as err:
-            raise MT5DataError(f"undecodable stored tick: {err}") from None
+            raise MT5DataError(f"undecodable stored {type.__name__}: {err}") from None
         stamp = msg.headers.get("Nats-Time-Stamp")
         age = max(0, int(time.time() * 1000) - stored_time_ms(stamp)) if stamp else 0
-        return tick, age
+        return item, age
 
     async def _request(self, subject: str, payload: bytes):
         try:
