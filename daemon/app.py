@@ -198,7 +198,8 @@ class Daemon:
                 await holder["p"].on_reconnected()
 
         self.nc = await connect_nats(cfg.nats, secrets=self.secrets,
-                                     on_disconnected=disconnected, on_reconnected=reconnected)
+                                     on_disconnected=disconnected, on_reconnected=reconnected,
+                                     name=f"mt5d {self.lease.node}" if self.lease is not None else "mt5d")
         if cfg.jetstream.enabled:
             from mt5d.daemon.jetstream import provision
 

@@ -33,6 +33,7 @@ async def connect_nats(
     on_disconnected: Callable[[], Awaitable[None]] | None = None,
     on_reconnected: Callable[[], Awaitable[None]] | None = None,
     give_up_after: float | None = None,
+    name: str = "mt5d",
 ):
     """Connect, retrying until it works (a daemon outlives a late NATS).
 
@@ -42,7 +43,7 @@ async def connect_nats(
     """
     opts: dict = dict(
         servers=[u.strip() for u in cfg.url.split(",")],  # a cluster: any of its nodes
-        name="mt5d",
+        name=name,  # the hot standby's node name is in it: the server's connz shows who is where
         allow_reconnect=True,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

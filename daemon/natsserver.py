@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-__all__ = ["NatsServer", "find_binary"]
+__all__ = ["NatsServer", "NatsCluster", "find_binary", "free_port"]
 
 _LISTEN = re.compile(rb"Listening for client connections on [^\s]*:(\d+)")
 
@@ -93,6 +93,81 @@ class NatsServer:
             proc.wait()
 
     def __enter__(self) -> "NatsServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class NatsCluster:
+    """``n`` nats-servers with JetStream, routed to each other on loopback (for tests and the bench).
+
+    Ports are fixed at construction, so a node that is stopped and started again
+    comes back where its clients and routes expect it."""
+
+    def __init__(self, store_root: str | Path, n: int = 3, *, name: str = "mt5d", host: str = "127.0.0.1") -> None:
+        client_ports = [free_port(host) for _ in range(n)]
+        route_ports = [free_port(host) for _ in range(n)]
+        self.monitor_ports = [free_port(host) for _ in range(n)]  # HTTP: /connz, /jsz
+        routes = ",".join(f"nats://{host}:{p}" for p in route_ports)
+        self.nodes = [
+            NatsServer(host=host, port=client_ports[i], jetstream=True, store_dir=str(Path(store_root) / f"n{i}"),
+                       extra=("--name", f"n{i}", "--cluster_name", name, "-m", str(self.monitor_ports[i]),
+                              "--cluster", f"nats://{host}:{route_ports[i]}", "--routes", routes))
+            for i in range(n)
+        ]
+
+    @property
+    def urls(self) -> str:
+        """Every node, comma-separated (what ``nats.url`` takes)."""
+        return ",".join(node.url for node in self.nodes)
+
+    def node_at(self, url: str) -> NatsServer:
+        port = urlparse(url).port
+        return next(node for node in self.nodes if node.port == port)
+
+    def node_of(self, connection_name: str) -> NatsServer | None:
+        """The node a client named ``connection_name`` is connected to (each node's /connz)."""
+        import json
+        import urllib.request
+
+        for node, port in zip(self.nodes, self.monitor_ports):
+            if node.proc is None:
+                continue
+            try:
+                with urllib.request.urlopen(f"http://{node.host}:{port}/connz?limit=1024", timeout=2) as r:
+                    conns = json.load(r).get("connections") or []
+            except OSError:
+                continue
+            if any(c.get("name") == connection_name for c in conns):
+                return node
+        return None
+
+    def start(self, timeout: float = 20.0) -> "NatsCluster":
+        # Started together: a node waits for its peers before it says it is ready.
+        threads = [threading.Thread(target=node.start, kwargs={"timeout": timeout}) for node in self.nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if any(node.proc is None for node in self.nodes):
+            self.stop()
+            raise RuntimeError("nats cluster did not start")
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> "NatsCluster":
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -49,7 +49,7 @@ class Collector:
         self.nc = None
 
     async def start(self, url: str) -> "Collector":
-        self.nc = await nats.connect(url)
+        self.nc = await nats.connect(url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         dec_tick, dec_candle, dec_health = (self.codec.decoder(t) for t in (Tick, Candle, HealthEvent))
 
         async def on_tick(msg):
@@ -209,3 +209,65 @@ async def stored_ticks(js, stream: str, subject: str) -> list[tuple[int, int, fl
 
 async def stored_count(js, stream: str) -> int:
     return (await js.stream_info(stream)).state.messages
+
+
+class DaemonProcess:
+    """A daemon in a child process (the bench's child runner), so it can be SIGKILLed for real."""
+
+    def __init__(self, raw: dict, log_path) -> None:
+        self.raw = raw
+        self.log_path = log_path
+        self.proc = None
+
+    async def start(self, timeout: float = 60.0) -> "DaemonProcess":
+        import json
+        import subprocess
+        import sys
+
+        self._log = open(self.log_path, "ab")
+        self.proc = await anyio.open_process(
+            [sys.executable, "-m", "mt5d.daemon.tools.bench", "child", json.dumps(self.raw)],
+            stdout=subprocess.PIPE, stderr=self._log)
+        buf = b""
+        with anyio.fail_after(timeout):
+            while b'"ready"' not in buf:
+                chunk = await self.proc.stdout.receive()
+                buf += chunk
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no clean stop, the lease is not released."""
+        self.proc.kill()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        with anyio.fail_after(timeout):
+            await self.proc.wait()
+        await self.proc.aclose()
+        self._log.close()
+
+
+def reference_terminal(cfg):
+    """A terminal identical to the daemon's (same seed, symbols, rate): the history to compare with."""
+    from mt5d.daemon.terminal.backends import open_backend
+
+    module = open_backend(cfg)
+    module.initialize()
+    for symbol in cfg.stream.symbols:
+        module.symbol_select(symbol, True)
+    return module
+
+
+async def lease_holder(js, bucket: str) -> str | None:
+    """The node name in the hot-standby lease, or None when nobody holds it."""
+    import nats.js.errors
+
+    try:
+        kv = await js.key_value(bucket)
+        entry = await kv.get("leader")
+    except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError, nats.js.errors.KeyDeletedError):
+        return None
+    except Exception:
+        return None
+    return entry.value.decode() if entry.value else None
