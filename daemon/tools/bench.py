@@ -24,7 +24,13 @@ subscriber in this process receiving what it publishes:
   book part of one poll cycle in µs;
 - completeness: ticks received vs the terminal's history over the run, across
   a scripted disconnect and a nats-server restart (judged by a JetStream
-  stream on the tick subjects), next to a naive ``symbol_info_tick`` loop.
+  stream on the tick subjects), next to a naive ``symbol_info_tick`` loop;
+- jetstream: the saturation phase with ``[jetstream]`` on: ticks/s stored
+  (acknowledged by the stream) and daemon CPU per tick, next to the core
+  path's figures of the same run;
+- failover: two daemons with ``[ha]`` on (default TTL), the leader SIGKILLed
+  5 times: time from the kill to the first tick from the new leader (p50,
+  max), ticks lost and duplicates stored (the stream vs the sim's history).
 
 Saturation, realistic (both) and naive run ``REPEATS`` times: each figure is
 the median, with ``<key>_min`` and ``<key>_max`` beside it.
@@ -186,7 +192,8 @@ class Child:
 
 
 def _config(url: str, *, tps: float, poll: float, symbols: int = SYMBOLS_50, faults=(), msg_id=False,
-            books: int = 0, account: bool = True, rpyc_port: int = 0) -> dict:
+            books: int = 0, account: bool = True, rpyc_port: int = 0, acct: str = ACCOUNT,
+            jetstream: dict | None = None, ha: dict | None = None) -> dict:
     from mt5d.daemon.terminal.sim import SimTerminal, synthetic_symbols
 
     names = [s.name for s in synthetic_symbols(symbols)]
@@ -195,13 +202,18 @@ def _config(url: str, *, tps: float, poll: float, symbols: int = SYMBOLS_50, fau
     terminal = ({"backend": "rpyc", "login": 10001234, "rpyc_host": "127.0.0.1", "rpyc_port": rpyc_port} if rpyc_port else
                 {"backend": "sim", "login": 1, "sim": {
                     "seed": 7, "synthetic_symbols": symbols, "ticks_per_second": tps, "faults": list(faults)}})
-    return {
+    extra = {}
+    if jetstream is not None:
+        extra["jetstream"] = jetstream
+    if ha is not None:
+        extra["ha"] = ha
+    return {**extra,
         "account": {"enabled": account},
         "terminal": terminal,
         "stream": {"symbols": names, "timeframes": ["M1"], "poll_interval": poll, "idle_poll_interval": max(poll, 0.25),
                    "books": names[:books], "book_interval": 0.1,
                    "server_utc_offset": f"{'+' if off >= 0 else '-'}{abs(off) // 3600:02d}:{abs(off) % 3600 // 60:02d}"},
-        "nats": {"url": url, "account": ACCOUNT, "msg_id": msg_id},
+        "nats": {"url": url, "account": acct, "msg_id": msg_id},
         "health": {"interval": 1.0},
         "breaker": {"max_failures": 2, "backoff_base_seconds": 1.0, "backoff_max_seconds": 4.0},
         "logging": {"level": "ERROR"},
@@ -545,6 +557,158 @@ class _NaiveLoop:
         self.window = (lo, hi)
 
 
+# ---- JetStream ------------------------------------------------------------------------
+async def phase_jetstream(url: str, seconds: float, core: dict) -> dict:
+    """The saturation phase again, with every tick stored and acknowledged."""
+    account = "benchjs"
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    child = Child(_config(url, tps=2000.0, poll=0.01, acct=account, jetstream={"enabled": True}))
+    stream = f"MT5_{account}"
+    await anyio.sleep(2.0)  # warm up
+    stored0, t0 = (await js.stream_info(stream)).state.messages, time.perf_counter()
+    await _window(seconds)
+    stored1, dt = (await js.stream_info(stream)).state.messages, time.perf_counter() - t0
+    stats = child.stop()
+    # A poll cycle's batch counts as published once all of it is acked: per tick, use what the stream holds.
+    stored_all = (await js.stream_info(stream)).state.messages
+    await js.delete_stream(stream)  # the bench's own data: nothing to keep
+    await js.delete_stream(f"{stream}_LAST")
+    await nc.close()
+    rate = (stored1 - stored0) / dt
+    return {
+        "jetstream_ticks_per_s": round(rate),
+        "jetstream_cpu_us_per_tick": round(stats["cpu"] / max(stored_all, 1) * 1e6, 2),
+        "jetstream_vs_core": round(rate / max(core["saturation_ticks_per_s"], 1), 3),
+    }
+
+
+class _AsyncChild:
+    """A bench daemon child started without blocking the event loop (the failover phase times things)."""
+
+    def __init__(self, raw: dict) -> None:
+        self.raw = raw
+        self.proc = None
+
+    async def start(self) -> "_AsyncChild":
+        self.proc = await anyio.open_process(
+            [sys.executable, "-m", "mt5d.daemon.tools.bench", "child", msgspec.json.encode(self.raw).decode()],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        buf = b""
+        with anyio.fail_after(60):
+            while b'"ready"' not in buf:
+                buf += await self.proc.stdout.receive()
+        return self
+
+    async def kill(self) -> None:
+        self.proc.kill()
+        await self.proc.wait()
+        await self.proc.aclose()
+
+    async def stop(self) -> None:
+        self.proc.terminate()
+        with anyio.fail_after(30):
+            await self.proc.wait()
+        await self.proc.aclose()
+
+
+async def phase_failover(url: str, kills: int = 5) -> dict:
+    """Kill the leader ``kills`` times; the time until the new leader's first tick reaches a subscriber."""
+    from mt5d.daemon.config import HaConfig, parse_config
+    from mt5d.daemon.terminal.backends import open_backend
+
+    account, ttl = "benchha", HaConfig().ttl
+    nsym = 5
+    raws = {n: _config(url, tps=20.0, poll=0.01, symbols=nsym, acct=account, jetstream={"enabled": True},
+                       ha={"enabled": True, "node": n}) for n in ("a", "b")}
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    first_tick = {"term": 0, "at": 0.0}
+    term_seen = anyio.Event()
+
+    async def on_tick(msg) -> None:
+        term = int((msg.headers or {}).get("Mt5d-Lease", 0))
+        if term > first_tick["term"]:
+            first_tick.update(term=term, at=time.perf_counter())
+            term_seen.set()
+
+    await nc.subscribe(f"mt5.{account}.tick.>", cb=on_tick)
+    children = {n: await _AsyncChild(raw).start() for n, raw in raws.items()}
+    kv = None
+    times = []
+    try:
+        with anyio.fail_after(30):
+            while kv is None:
+                try:
+                    kv = await js.key_value(f"mt5d_lease_{account}")
+                except Exception:
+                    await anyio.sleep(0.1)
+        for _ in range(kills):
+            with anyio.fail_after(30):
+                while True:  # a leader that publishes
+                    try:
+                        leader = (await kv.get("leader")).value.decode()
+                        break
+                    except Exception:
+                        await anyio.sleep(0.05)
+                await term_seen.wait()
+            await anyio.sleep(1.0)  # a steady stream before the kill
+            old_term, term_seen = first_tick["term"], anyio.Event()
+            killed_at = time.perf_counter()
+            await children[leader].kill()
+            with anyio.fail_after(ttl + 30):
+                while first_tick["term"] <= old_term:
+                    await term_seen.wait()
+            times.append(first_tick["at"] - killed_at)
+            children[leader] = await _AsyncChild(raws[leader]).start()  # back, as a follower
+        await anyio.sleep(1.0)
+    finally:
+        for c in children.values():
+            await c.stop()
+    # Read back what the stream holds, per symbol, against the sim's own history.
+    cfg = parse_config(raws["a"], env={})
+    sim = open_backend(cfg)
+    sim.initialize()
+    lost = dupes = total = 0
+    for name in cfg.stream.symbols:
+        sim.symbol_select(name, True)
+        sub = await js.subscribe(f"mt5.{account}.tick.{name}", ordered_consumer=True, stream=f"MT5_{account}")
+        seq = []
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except Exception:
+                break
+            t = msgspec.json.decode(msg.data)
+            seq.append((t["time_msc_broker"], t["index_in_ms"]))
+        await sub.unsubscribe()
+        if not seq:
+            continue
+        hist = sim.copy_ticks_range(name, seq[0][0] // 1000, seq[-1][0] // 1000 + 1, -1)
+        expect, k, prev = [], 0, None
+        for m in hist["time_msc"].tolist():
+            k = k + 1 if m == prev else 0
+            prev = m
+            if seq[0] <= (m, k) <= seq[-1]:
+                expect.append((m, k))
+        total += len(expect)
+        lost += len(set(expect) - set(seq))
+        dupes += len(seq) - len(set(seq))
+    await js.delete_stream(f"MT5_{account}")
+    await js.delete_stream(f"MT5_{account}_LAST")
+    await js.delete_key_value(f"mt5d_lease_{account}")
+    await nc.close()
+    return {
+        "failover_ttl_s": ttl,
+        "failover_p50_s": round(float(np.median(times)), 3),
+        "failover_max_s": round(max(times), 3),
+        "failover_kills": len(times),
+        "failover_ticks": total,
+        "failover_lost": lost,
+        "failover_duplicates": dupes,
+    }
+
+
 # ---- terminal call costs ------------------------------------------------------------
 def phase_calls(calls: int = 2000) -> dict:
     """One terminal call (symbol_info_tick) and one 50-symbol poll cycle, per backend."""
@@ -677,6 +841,7 @@ async def run_bench(quick: bool, soak: float) -> dict:
         server = NatsServer(jetstream=True, store_dir=str(Path(tmp) / "js")).start()
         try:
             results.update(_median([await phase_saturation(server.url, 10 * scale) for _ in range(REPEATS)]))
+            results.update(await phase_jetstream(server.url, 10 * scale, results))
             results.update(_median([await phase_realistic(server.url, 15 * scale, soak=soak if i == 0 else 0.0)
                                     for i in range(REPEATS)]))
             if has_rpyc:
@@ -686,6 +851,7 @@ async def run_bench(quick: bool, soak: float) -> dict:
             results.update(await phase_idle(server.url, 20 * scale))
             results.update(await phase_books(server.url, 15 * scale))
             results.update(await phase_completeness(server, 30 * scale))
+            results.update(await phase_failover(server.url, 2 if quick else 5))
             results.update(phase_calls(500 if quick else 2000))
         finally:
             server.stop()
@@ -710,6 +876,9 @@ def _table(r: dict) -> str:
          f'{g("saturation_cpu_us_per_tick")} / {g("saturation_own_cpu_us_per_tick")}'),
         ("saturation: raw nats-py loop msgs/s", g("raw_loop_msgs_per_s")),
         ("saturation ratio (target >= 0.8)", g("saturation_ratio")),
+        ("jetstream: ticks/s stored (acked)", r["jetstream_ticks_per_s"]),
+        ("jetstream: daemon CPU µs per tick", r["jetstream_cpu_us_per_tick"]),
+        ("jetstream / core saturation (target >= 0.5)", r["jetstream_vs_core"]),
         ("realistic: ticks/s (50 symbols)", g("realistic_ticks_per_s")),
         ("realistic: CPU % of a core (whole process)", g("realistic_cpu_pct")),
         ("realistic: own CPU % (target <= 5)", g("realistic_own_cpu_pct")),
@@ -735,6 +904,10 @@ def _table(r: dict) -> str:
         ("completeness (target 1.0, exact order)", f'{r["completeness"]} ({r["completeness_exact_order"]}, '
                                                    f'{r["completeness_ticks"]} ticks)'),
         ("naive symbol_info_tick loop completeness", r["naive_completeness"]),
+        (f'failover: kill -> first tick of the new leader p50 / max s (TTL {r["failover_ttl_s"]} s, '
+         f'target <= TTL + 1)', f'{r["failover_p50_s"]} / {r["failover_max_s"]} over {r["failover_kills"]} kills'),
+        ("failover: ticks lost / duplicates stored (target 0 / 0)",
+         f'{r["failover_lost"]} / {r["failover_duplicates"]} of {r["failover_ticks"]}'),
         ("terminal call µs: sim in process / rpyc loopback", f'{r["sim_call_us"]} / {r.get("rpyc_call_us", "-")}'),
         ("50-symbol poll cycle µs: sim / rpyc (rpyc target <= 2000)",
          f'{r["sim_cycle50_us"]} / {r.get("rpyc_cycle50_us", "-")}'),
