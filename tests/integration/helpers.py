@@ -118,7 +118,11 @@ def assert_same_as_history(module, symbol: str, got: list[tuple[int, int, float,
         if got[0][0] <= m <= got[-1][0]:
             expected.append((m, k, b, a))
     start = expected.index(got[0])
-    assert got == expected[start:], f"{symbol}: {len(got)} received vs {len(expected) - start} in history"
+    want = expected[start:]
+    if got != want:
+        i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        raise AssertionError(f"{symbol}: {len(got)} received vs {len(want)} in history; first difference at {i}: "
+                             f"got {got[max(0, i - 2):i + 3]} expected {want[max(0, i - 2):i + 3]}")
 
 
 class AccountCollector:
