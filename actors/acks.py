@@ -8,8 +8,8 @@ for their ack; an ack that says "error" or does not come within
 stored already). Core subscribers receive the same subjects as before: a
 stored publish is an ordinary publish with a reply subject.
 
-The forming bar is a snapshot: published without a reply (the last-value
-stream captures it), never awaited.
+The forming bar and the book are snapshots: published without a reply (the
+last-value stream captures the forming bar), never awaited.
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ class StoredAcks:
                               f"{c.symbol}:{c.timeframe}:{c.time_broker}" if self._candles else None))
         for c in batch.forming:
             out.append(Stored(subj.candle_forming(c.symbol, c.timeframe), enc(c), None))
+        for b in batch.books:  # a snapshot too: not stored
+            out.append(Stored(subj.book(b.symbol), enc(b), None))
         return out
 
     @property

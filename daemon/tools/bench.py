@@ -615,7 +615,7 @@ class _AsyncChild:
 async def phase_failover(url: str, kills: int = 5) -> dict:
     """Kill the leader ``kills`` times; the time until the new leader's first tick reaches a subscriber."""
     from mt5d.daemon.config import HaConfig, parse_config
-    from mt5d.daemon.terminal.backends import open_backend
+    from mt5d.daemon.app import open_terminal
 
     account, ttl = "benchha", HaConfig().ttl
     nsym = 5
@@ -667,7 +667,7 @@ async def phase_failover(url: str, kills: int = 5) -> dict:
             await c.stop()
     # Read back what the stream holds, per symbol, against the sim's own history.
     cfg = parse_config(raws["a"], env={})
-    sim = open_backend(cfg)
+    sim = open_terminal(cfg)
     sim.initialize()
     lost = dupes = total = 0
     for name in cfg.stream.symbols:

@@ -254,9 +254,9 @@ class DaemonProcess:
 
 def reference_terminal(cfg):
     """A terminal identical to the daemon's (same seed, symbols, rate): the history to compare with."""
-    from mt5d.daemon.terminal.backends import open_backend
+    from mt5d.daemon.app import open_terminal
 
-    module = open_backend(cfg)
+    module = open_terminal(cfg)
     module.initialize()
     for symbol in cfg.stream.symbols:
         module.symbol_select(symbol, True)
