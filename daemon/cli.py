@@ -74,7 +74,9 @@ def cmd_run(args) -> int:
 
         js = cfg.jetstream
         # With JetStream on, the embedded server keeps its store under the state directory.
-        store = (js.store_dir or str(Path(state_directory(cfg) or "mt5d-state") / "jetstream")) if js.enabled else None
+        # (No state directory configured: mt5d-state beside the config file, on a bare machine.)
+        state = state_directory(cfg) or str(Path(args.config).resolve().parent / "mt5d-state")
+        store = (js.store_dir or str(Path(state) / "jetstream")) if js.enabled else None
         try:
             server = NatsServer.from_url(cfg.nats.url.split(",")[0], jetstream=js.enabled, store_dir=store).start()
         except (OSError, RuntimeError) as err:
