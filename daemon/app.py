@@ -115,7 +115,7 @@ class Daemon:
         if cfg.ha.enabled:
             from mt5d.actors.lease import Lease
 
-            self.lease = Lease(bucket=cfg.ha.bucket or f"mt5d_lease_{self.account}", ttl=cfg.ha.ttl,
+            self.lease = Lease(bucket=cfg.ha.bucket or f"mt5_{self.account}_lease", ttl=cfg.ha.ttl,
                                node=cfg.ha.node, replicas=cfg.jetstream.replicas,
                                takeover=self._takeover, on_change=self._role_changed)
         off = cfg.stream.server_utc_offset

@@ -173,7 +173,7 @@ class HaConfig(_Section):
 
     enabled: bool = False
     ttl: Annotated[float, msgspec.Meta(ge=0.5)] = 3.0  # seconds: a dead leader is replaced after at most this
-    bucket: str = ""  # default mt5d_lease_<account>
+    bucket: str = ""  # default mt5_<account>_lease
     # This daemon's name in the lease (default: host:pid).
     node: str = ""
 

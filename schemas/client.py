@@ -341,6 +341,7 @@ class MT5Client(AccountMethods):  # account data: see mt5d.account_client
         # JetStream (when the daemon has it on): the stream to replay, and prices from its last values.
         self.stream = stream or stream_name(self.account)
         self._last_value = last_value
+        self._last: LastValues | None = None
         self.codec = Codec(encoding)
         self.timeout = next((t for t in (operation_timeout, timeout) if t is not None), 5.0)
         self.connection_timeout = connection_timeout
@@ -501,7 +502,9 @@ class MT5Client(AccountMethods):  # account data: see mt5d.account_client
             return None
         if not self._open or self._nc is None:
             raise MT5StateError("not connected: call `await manager.connect()` first")
-        last = LastValues(self._nc, last_value_stream(self.stream), timeout=min(self.timeout, 2.0))
+        last = self._last
+        if last is None or last._nc is not self._nc:  # kept: it learns whether multi_last is allowed
+            last = self._last = LastValues(self._nc, last_value_stream(self.stream), timeout=min(self.timeout, 2.0))
         try:
             found = await last.ticks({s: self.subjects.tick(s) for s in symbols})
         except NotStored:

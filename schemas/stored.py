@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import json
+import secrets
 import time
 from typing import Any, Generic, TypeVar
 
@@ -31,6 +32,10 @@ MULTI_LAST_MAX = 1024  # subjects per multi_last request (the server's limit)
 SINCE_MARGIN_S = 5.0
 
 
+_LINK_DOWN = (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError,
+              nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError)
+
+
 class NotStored(Exception):
     """No stream answers (JetStream off, or no last-value stream): ask the daemon instead."""
 
@@ -43,12 +48,19 @@ def stored_time_ms(ts: str) -> int:
 
 
 class LastValues:
-    """Direct Get on the last-value stream of one account."""
+    """Direct Get on the last-value stream of one account.
 
-    def __init__(self, nc, stream: str, *, timeout: float) -> None:
+    Many subjects: one ``multi_last`` request (one point in time). A user whose
+    NATS permissions allow Direct Get only with the subject in the API subject
+    (readers in ops/nats-server.conf: a request body naming subjects could name
+    account data) gets no answer to it; after that first timeout this object
+    reads one subject per request, all at once."""
+
+    def __init__(self, nc, stream: str, *, timeout: float, multi_last: bool = True) -> None:
         self._nc = nc
         self._stream = stream
         self._timeout = timeout
+        self.multi_last = multi_last
 
     async def ticks(self, subjects: dict[str, str]) -> dict[str, tuple[Tick, int]]:
         """symbol -> (newest stored tick, age in ms) for ``subjects`` (symbol -> subject); absent ones left out."""
@@ -64,6 +76,19 @@ class LastValues:
             if msg is not None:
                 out[key] = self._decoded(msg, type)
             return out
+        if self.multi_last:
+            try:
+                return await self._multi(items, type)
+            except NotStored:
+                if not self._nc.is_connected:
+                    raise
+                self.multi_last = False  # refused (or unanswered): one subject per request from now on
+        msgs = await asyncio.gather(*(self._request(f"$JS.API.DIRECT.GET.{self._stream}.{subj}", b"")
+                                      for _, subj in items))
+        return {key: self._decoded(msg, type) for (key, _), msg in zip(items, msgs) if msg is not None}
+
+    async def _multi(self, items, type) -> dict:
+        out = {}
         by_subject = {subj: key for key, subj in items}
         for i in range(0, len(items), MULTI_LAST_MAX):
             chunk = [subj for _, subj in items[i:i + MULTI_LAST_MAX]]
@@ -85,10 +110,8 @@ class LastValues:
     async def _request(self, subject: str, payload: bytes):
         try:
             msg = await self._nc.request(subject, payload, timeout=self._timeout)
-        except nats.errors.NoRespondersError:
-            raise NotStored(self._stream) from None
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
-            raise NotStored(self._stream) from None
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, asyncio.TimeoutError, *_LINK_DOWN):
+            raise NotStored(self._stream) from None  # the caller asks the daemon, which says what is wrong
         status = (msg.headers or {}).get("Status")
         if status == "404":
             return None
@@ -109,20 +132,48 @@ class LastValues:
             elif not status:
                 got.append(msg)
 
-        sub = await self._nc.subscribe(inbox, cb=on_msg)
+        try:
+            sub = await self._nc.subscribe(inbox, cb=on_msg)
+        except _LINK_DOWN:
+            raise NotStored(self._stream) from None
         try:
             await self._nc.publish(f"$JS.API.DIRECT.GET.{self._stream}", json.dumps(request).encode(), reply=inbox)
             try:
                 status = await asyncio.wait_for(done, self._timeout)
             except asyncio.TimeoutError:
                 raise NotStored(self._stream) from None
+        except _LINK_DOWN:
+            raise NotStored(self._stream) from None
         finally:
-            await sub.unsubscribe()
+            try:
+                await sub.unsubscribe()
+            except _LINK_DOWN:
+                pass
         if status == "503":  # no responders
             raise NotStored(self._stream)
         if status not in ("204", "404"):
             raise NotStored(f"{self._stream}: {status}")
         return got
+
+
+def _consumer_name() -> str:
+    return "mt5r_" + secrets.token_hex(8)
+
+
+def _renamed_on_reset(sub) -> None:
+    """nats-py (2.16) re-creates an ordered consumer after a gap from the same config, by
+    start sequence: give it a fresh name and drop the start time (the server refuses both)."""
+    jsi = getattr(getattr(sub, "_sub", None), "_jsi", None)
+    if jsi is None or not hasattr(jsi, "reset_ordered_consumer") or not hasattr(jsi, "_ccreq"):
+        return
+    reset = jsi.reset_ordered_consumer
+
+    async def renamed(sseq):
+        jsi._ccreq.name = _consumer_name()
+        jsi._ccreq.opt_start_time = None
+        return await reset(sseq)
+
+    jsi.reset_ordered_consumer = renamed
 
 
 def _identity(item) -> tuple:
@@ -158,10 +209,14 @@ class Replay(Generic[T]):
 
         start = _dt.datetime.fromtimestamp(self._since_ms / 1000 - SINCE_MARGIN_S, tz=_dt.timezone.utc)
         for subject in self._subjects:
-            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
-            self._subs.append(await self._js.subscribe(subject, stream=self._stream, ordered_consumer=True,
-                                                       config=cfg, cb=self._on_msg,
-                                                       pending_msgs_limit=1_000_000))
+            # Named, so the filter travels in the API subject (what a reader may create, see
+            # ops/nats-server.conf), not only in the request body.
+            cfg = ConsumerConfig(name=_consumer_name(), deliver_policy=DeliverPolicy.BY_START_TIME,
+                                 opt_start_time=start)
+            sub = await self._js.subscribe(subject, stream=self._stream, ordered_consumer=True, config=cfg,
+                                           cb=self._on_msg, pending_msgs_limit=1_000_000)
+            _renamed_on_reset(sub)
+            self._subs.append(sub)
         return self
 
     async def _on_msg(self, msg) -> None:

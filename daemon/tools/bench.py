@@ -640,7 +640,7 @@ async def phase_failover(url: str, kills: int = 5) -> dict:
         with anyio.fail_after(30):
             while kv is None:
                 try:
-                    kv = await js.key_value(f"mt5d_lease_{account}")
+                    kv = await js.key_value(f"mt5_{account}_lease")
                 except Exception:
                     await anyio.sleep(0.1)
         for _ in range(kills):
@@ -696,7 +696,7 @@ async def phase_failover(url: str, kills: int = 5) -> dict:
         dupes += len(seq) - len(set(seq))
     await js.delete_stream(f"MT5_{account}")
     await js.delete_stream(f"MT5_{account}_LAST")
-    await js.delete_key_value(f"mt5d_lease_{account}")
+    await js.delete_key_value(f"mt5_{account}_lease")
     await nc.close()
     return {
         "failover_ttl_s": ttl,

@@ -116,7 +116,7 @@ async def test_sigkill_of_the_leader_daemon_hands_over_within_the_ttl(fresh_nats
         async with anyio.create_task_group() as tg:
             for p in procs.values():
                 tg.start_soon(p.start)
-        bucket = f"mt5d_lease_{account}"
+        bucket = f"mt5_{account}_lease"
         holder = None
         with anyio.fail_after(20):
             while holder is None:
@@ -153,7 +153,7 @@ async def test_cluster_node_loss_leader_kill_whole_cluster_outage_and_follower_r
     restart a follower. (Fast tests of each property run by default: above, and in test_ha /
     test_jetstream.)"""
     account = unique_account("story")
-    stream, bucket = f"MT5_{account}", f"mt5d_lease_{account}"
+    stream, bucket = f"MT5_{account}", f"mt5_{account}_lease"
     raws = {n: raw_config(cluster.urls, account, n, 3) for n in ("a", "b")}
     col = await Collector(account).start(cluster.urls)
     nc, js = await admin(cluster.urls)

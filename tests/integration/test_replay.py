@@ -121,3 +121,64 @@ async def test_tail_since_prints_what_was_stored(fresh_nats):
     lines = res.stdout.decode().splitlines()
     assert [msgspec.json.decode(line.split(" ", 1)[1])["n"] for line in lines] == [0, 1, 2, 3, 4]
     assert all(line.startswith(f"mt5.{account}.tick.EURUSD ") for line in lines)
+
+
+async def test_a_reader_under_the_shipped_permissions_gets_last_values_and_replay(tmp_path):
+    """ops/nats-server.conf lets a reader Direct Get only with the subject in the API subject and
+    create only named consumers filtered on market data: the client's paths stay inside that."""
+    import re
+
+    from mt5d.client import inbox_prefix_for
+    from mt5d.daemon.config import parse_config
+    from mt5d.daemon.jetstream import provision
+    from mt5d.daemon.natsserver import NatsServer
+    from mt5d.market import Tick
+    from mt5d.subjects import Subjects
+
+    conf = ROOT / "ops" / "nats-server.conf"
+    passwords = dict(re.findall(r'\{\s*user:\s*(\w+),\s*password:\s*"([^"]+)"', conf.read_text()))
+    account = unique_account("reader")
+    server = NatsServer(config=str(conf), jetstream=True, store_dir=str(tmp_path / "js")).start()
+    errors: list = []
+
+    async def keep(err) -> None:
+        errors.append(err)
+
+    def login(user: str, **kw):
+        return nats.connect(server.url, user=user, password=passwords[user], inbox_prefix=inbox_prefix_for(user),
+                            allow_reconnect=False, **kw)
+
+    try:
+        mt5d = await login("mt5d")
+        js = mt5d.jetstream()
+        await provision(js, parse_config({"jetstream": {"enabled": True}}, env={}).jetstream, Subjects("mt5", account))
+        now = int(time.time() * 1000)
+        for i, symbol in enumerate(["EURUSD", "GBPUSD", "EURUSD", "GBPUSD"]):
+            t = Tick(symbol=symbol, time_msc_broker=now + i, time_utc_ms=now + i, bid=1.0 + i, ask=2.0, last=0.0,
+                     volume=0, volume_real=0.0, flags=6)
+            await js.publish(f"mt5.{account}.tick.{symbol}", msgspec.json.encode(t),
+                             headers={"Nats-Msg-Id": f"{symbol}:{now + i}:0"})
+        with anyio.fail_after(10):  # the last-value stream sources them
+            while (await js.stream_info(f"MT5_{account}_LAST")).state.messages < 2:
+                await anyio.sleep(0.05)
+        reader = await login("reader", error_cb=keep)
+        client = MT5Client(reader, account=account, timeout=1.0)
+        prices = await client.get_prices(["EURUSD", "GBPUSD"])
+        assert {s: (p.bid, p.source) for s, p in prices.items()} == {"EURUSD": (3.0, "stream"), "GBPUSD": (4.0, "stream")}
+        assert (await client.get_price("GBPUSD")).bid == 4.0
+        got = []
+        async with client.ticks(["EURUSD", "GBPUSD"], since=now - 1000) as replay:
+            with anyio.fail_after(10):
+                async for t in replay:
+                    got.append((t.symbol, t.bid))
+                    if len(got) == 4:
+                        break
+        assert sorted(got) == [("EURUSD", 1.0), ("EURUSD", 3.0), ("GBPUSD", 2.0), ("GBPUSD", 4.0)]
+        # Only the multi_last body was refused (it could name account data); nothing else.
+        refused = [str(e) for e in errors if "permission" in str(e).lower()]
+        assert refused and all(r.lower().endswith(f'"$js.api.direct.get.mt5_{account}_last"'.lower())
+                               for r in refused), refused
+        await reader.close()
+        await mt5d.close()
+    finally:
+        server.stop()
