@@ -51,6 +51,7 @@ class StoredAcks:
         self._nc = nc
         self._subjects = subjects
         self._codec = codec
+        self._kinds = frozenset(kinds)
         self._ticks = "tick" in kinds
         self._candles = "candle" in kinds
         self._max = max_in_flight
@@ -89,6 +90,11 @@ class StoredAcks:
             out.append(Stored(subj.candle_forming(c.symbol, c.timeframe), enc(c), None))
         for b in batch.books:  # a snapshot too: not stored
             out.append(Stored(subj.book(b.symbol), enc(b), None))
+        for kind, symbol, m in batch.account:  # account tracking: account/position/order/deal
+            subject = subj.account_state() if kind == "account" else getattr(subj, kind)(symbol)
+            # A deal is itself (its ticket); an event is this run's (epoch, seq) of it.
+            msg_id = f"deal:{m.ticket}" if kind == "deal" else f"{kind}:{m.epoch}:{m.seq}"
+            out.append(Stored(subject, enc(m), msg_id if kind in self._kinds else None))
         return out
 
     @property

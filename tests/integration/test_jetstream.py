@@ -242,3 +242,40 @@ async def test_last_value_is_answered_by_the_server_while_mt5d_is_away(fresh_nat
             await client.get_price("GBPUSD")  # not stored, and no daemon to ask
     finally:
         await nc.close()
+
+
+async def test_account_events_are_stored_once_with_their_identity(fresh_nats):
+    """The account kinds join the stream by themselves (mt5d.subjects.STORED_KINDS): a deal is stored
+    under its ticket, a position event under the run's (epoch, seq)."""
+    import time as _time
+
+    from mt5d.daemon.terminal.sim import SimTerminal
+
+    account = unique_account("jsacct")
+    sim = SimTerminal(seed=7, ticks_per_second=8.0, clock=_time.time)
+    sim.add_trades([{"at": 1.0, "action": "buy", "symbol": "EURUSD", "volume": 0.1},
+                    {"at": 2.0, "action": "close", "ticket": 1}])
+    cfg = make_config(fresh_nats.url, account, jetstream={"enabled": True},
+                      stream={"symbols": ["EURUSD"], "timeframes": [], "poll_interval": 0.1,
+                              "idle_poll_interval": 0.1}, account={"interval": 0.2, "heartbeat": 2.0})
+    nc = await nats.connect(fresh_nats.url)
+    js = nc.jetstream()
+    stream = f"MT5_{account}"
+    try:
+        daemon = Daemon(cfg, module=sim)
+        async with running(daemon):
+            with anyio.fail_after(30):
+                while True:
+                    info = await js.stream_info(stream, subjects_filter=f"mt5.{account}.deal.>")
+                    if info.state.subjects and sum(info.state.subjects.values()) >= 2:  # in and out
+                        break
+                    await anyio.sleep(0.1)
+        deal = await js.get_last_msg(stream, f"mt5.{account}.deal.EURUSD")
+        ticket = msgspec.json.decode(deal.data)["ticket"]
+        assert deal.headers["Nats-Msg-Id"] == f"deal:{ticket}"
+        pos = await js.get_last_msg(stream, f"mt5.{account}.position.EURUSD")
+        body = msgspec.json.decode(pos.data)
+        assert body["event"] == "closed" and pos.headers["Nats-Msg-Id"] == f"position:{body['epoch']}:{body['seq']}"
+        assert daemon.publisher._stored.duplicates == 0
+    finally:
+        await nc.close()
