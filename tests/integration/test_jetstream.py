@@ -46,7 +46,8 @@ async def test_provision_creates_updates_and_refuses_without_deleting(fresh_nats
         names = await provision(js, js_config(max_age=3600.0), subjects)
         assert names == [f"MT5_{account}", f"MT5_{account}_LAST"]
         main = (await js.stream_info(names[0])).config
-        assert sorted(main.subjects) == sorted([f"mt5.{account}.tick.*", f"mt5.{account}.candle.*.*"])
+        assert sorted(main.subjects) == sorted(subjects.stored())  # every stored kind, account events too
+        assert {f"mt5.{account}.tick.*", f"mt5.{account}.candle.*.*", f"mt5.{account}.deal.*"} <= set(main.subjects)
         assert main.max_age == 3600.0 and main.duplicate_window == 300.0 and main.allow_direct
         last = (await js.stream_info(names[1])).config
         assert last.max_msgs_per_subject == 1 and last.allow_direct
