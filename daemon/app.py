@@ -157,21 +157,40 @@ class Daemon:
         return term, self._seeds.pop(term, None)
 
     async def _takeover(self, term: int) -> None:
-        """Cursors at the stream's last stored message per subject: the new leader goes on from there."""
-        from mt5d.actors.logic.cursor import TickCursor
-        from mt5d.market import Candle, Tick
-        from mt5d.stored import LastValues
+        """Cursors at the stream's last stored message per subject: the new leader goes on from there.
 
-        cfg = self.cfg
-        last = LastValues(self.nc, self.streams[0], timeout=max(1.0, cfg.ha.ttl / 3))
-        symbols = cfg.stream.symbols
-        ticks = await last.last({s: self.subjects.tick(s) for s in symbols}, Tick) if "tick" in cfg.jetstream.subjects else {}
-        bars = {}
-        if "candle" in cfg.jetstream.subjects and cfg.stream.timeframes:
-            bars = await last.last({(s, tf): self.subjects.candle(s, tf) for s in symbols
-                                    for tf in cfg.stream.timeframes}, Candle)
-        cursors = {s: TickCursor(t.time_msc_broker, t.index_in_ms + 1) for s, (t, _) in ticks.items()}
-        self._seeds = {term: (cursors, {k: c.time_broker for k, (c, _) in bars.items()})}
+        Read from the stream leader (STREAM.MSG.GET), not by Direct Get: any replica answers a
+        Direct Get, and one still recovering (after a cluster restart) may say "none" for a
+        subject that has messages, which would start that symbol from its newest tick: a gap."""
+        import nats.js.errors
+
+        from mt5d.actors.logic.cursor import TickCursor
+        from mt5d.codec import decode_any
+        from mt5d.market import Candle, Tick
+
+        cfg, stream = self.cfg, self.streams[0]
+        wanted: dict = {}
+        if "tick" in cfg.jetstream.subjects:
+            wanted.update({("tick", s): (self.subjects.tick(s), Tick) for s in cfg.stream.symbols})
+        if "candle" in cfg.jetstream.subjects:
+            wanted.update({("candle", (s, tf)): (self.subjects.candle(s, tf), Candle)
+                           for s in cfg.stream.symbols for tf in cfg.stream.timeframes})
+        found: dict = {}
+
+        async def read(key, subject, typ) -> None:
+            try:
+                msg = await self.js.get_last_msg(stream, subject)
+            except nats.js.errors.NotFoundError:
+                return  # nothing stored yet: this symbol starts from its newest tick
+            found[key] = decode_any(msg.data, typ)
+
+        with anyio.fail_after(max(2.0, cfg.ha.ttl)):
+            async with anyio.create_task_group() as tg:
+                for key, (subject, typ) in wanted.items():
+                    tg.start_soon(read, key, subject, typ)
+        cursors = {k[1]: TickCursor(t.time_msc_broker, t.index_in_ms + 1) for k, t in found.items() if k[0] == "tick"}
+        bars = {k[1]: c.time_broker for k, c in found.items() if k[0] == "candle"}
+        self._seeds = {term: (cursors, bars)}
         log.info("taking over from the stream's last stored messages",
                  extra={"term": term, "symbols": len(cursors), "bars": len(bars)})
 
