@@ -32,6 +32,13 @@ from mt5d.daemon.terminal.mt5_constants import (
     DEAL_ENTRY_IN,
     DEAL_ENTRY_INOUT,
     ORDER_STATE_CANCELED,
+    ORDER_STATE_PLACED,
+    ORDER_TYPE_BUY_LIMIT,
+    ORDER_TYPE_BUY_STOP,
+    ORDER_TYPE_BUY_STOP_LIMIT,
+    ORDER_TYPE_SELL_LIMIT,
+    ORDER_TYPE_SELL_STOP,
+    ORDER_TYPE_SELL_STOP_LIMIT,
     ORDER_STATE_EXPIRED,
     ORDER_STATE_FILLED,
     ORDER_STATE_PARTIAL,
@@ -40,6 +47,8 @@ from mt5d.daemon.terminal.mt5_constants import (
 
 __all__ = ["AccountTracker", "AccountRead", "AccountView", "collect_account"]
 
+_PENDING_TYPES = frozenset({ORDER_TYPE_BUY_LIMIT, ORDER_TYPE_SELL_LIMIT, ORDER_TYPE_BUY_STOP, ORDER_TYPE_SELL_STOP,
+                            ORDER_TYPE_BUY_STOP_LIMIT, ORDER_TYPE_SELL_STOP_LIMIT})
 _FINAL_EVENT = {ORDER_STATE_FILLED: "filled", ORDER_STATE_CANCELED: "cancelled", ORDER_STATE_EXPIRED: "expired",
                 ORDER_STATE_REJECTED: "rejected", ORDER_STATE_PARTIAL: "cancelled"}
 HORIZON_S = 86400  # history reads end this far past the broker's now
@@ -217,7 +226,12 @@ class AccountTracker:
                     self._finished.add(ticket)
             for ticket, o in read.history.items():
                 if ticket not in self._orders and ticket not in current and ticket not in self._finished:
-                    events.append((_FINAL_EVENT.get(o.state, "filled"), o))  # placed and done within one cycle
+                    # Placed and done between two looks: a pending order still went through
+                    # "placed" (a subscriber sees every order's whole life); a market order did not.
+                    if o.type in _PENDING_TYPES:
+                        events.append(("placed", o._replace(state=ORDER_STATE_PLACED,
+                                                            volume_current=o.volume_initial)))
+                    events.append((_FINAL_EVENT.get(o.state, "filled"), o))
                     self._finished.add(ticket)
         if len(self._finished) > 10000:
             self._finished = set(sorted(self._finished)[-5000:])

@@ -149,3 +149,15 @@ def test_restart_resumes_deals_from_the_cursor():
     deals = [m for k, _, m in out if k == "deal"]
     assert [d.ticket for d in deals] == [d.ticket for d in sim.history_deals_get(0, 2**40)[-2:]]
     assert all(k not in ("position", "order") for k, _, _ in out)  # the first sync is a baseline
+
+
+def test_a_pending_order_placed_and_filled_between_two_looks_still_shows_placed_then_filled():
+    sim, tr, cycle, _ = setup()
+    # A buy limit a point under the ask: the sim's prices (a pure function of time) cross it
+    # well within the next 30 s, and the tracker's next look comes only after those 30 s.
+    r = sim.order_send({"action": C.TRADE_ACTION_PENDING, "symbol": "EURUSD", "type": C.ORDER_TYPE_BUY_LIMIT,
+                        "volume": 0.1, "price": round(q(sim).ask - 0.00001, 5), "type_filling": 2})
+    assert r.retcode == C.TRADE_RETCODE_PLACED
+    events = cycle(30.0)
+    assert sim.orders_total() == 0  # filled before the look: it was never seen pending
+    assert [e for k, e in events if k == "order"] == ["placed", "filled"]
