@@ -115,7 +115,10 @@ class Poller:
                 batch = None
             else:
                 self._tel.poll_cycle(time.perf_counter() - t0)
-            if batch is not None and (batch.ticks or batch.candles or batch.forming or batch.books or batch.account):
+            # A batch with only cursors or bars still goes out: it is where capture
+            # starts (a symbol's first cursor, a timeframe's first tracked bar), saved on confirm.
+            if batch is not None and (batch.ticks or batch.candles or batch.forming or batch.books or batch.account
+                                      or batch.cursors or batch.bars):
                 batch.term = self.term
                 await self._out.send(batch)
             if batch is not None and batch.ticks:
@@ -233,6 +236,7 @@ class Poller:
             if is_start:
                 if not self.utc.known and last_msc:
                     self.utc.observe(last_msc, wall_ms)
+                batch.cursors[symbol] = cursor  # where capture starts, saved from the start
                 continue
             batch.cursors[symbol] = cursor
             fresh_ticks, nan = ticks_from_array(symbol, arr[pos:pos + n], TickCursor(*before[:2]) if before else None, off)
@@ -255,7 +259,9 @@ class Poller:
                     batch.candles.extend(candles_from_rates(symbol, tf, closed, off, True))
                     batch.bars[(symbol, tf)] = tracker.last_closed
             elif kind == "new":
-                self._track(symbol, tf, got, now_broker_s)
+                # Recorded from the moment tracking starts, not at the first publish: a bar
+                # that closes while mt5d is down is then published by the next start.
+                batch.bars[(symbol, tf)] = self._track(symbol, tf, got, now_broker_s)
             else:
                 batch.forming.extend(candles_from_rates(symbol, tf, got, off, False))
         # Once per symbol, not once per cycle: a refused symbol stays refused for a while.
@@ -271,8 +277,9 @@ class Poller:
         self.cycles += 1
         return batch
 
-    def _track(self, symbol: str, tf: str, rates: np.ndarray, now_broker_s: int) -> None:
-        """Start tracking a symbol's bars from what the terminal has (or from a previous run)."""
+    def _track(self, symbol: str, tf: str, rates: np.ndarray, now_broker_s: int) -> int:
+        """Start tracking a symbol's bars from what the terminal has (or from a previous run);
+        the open time of the last bar counted as published."""
         if len(rates) >= 2:
             last_closed, forming = int(rates["time"][-2]), int(rates["time"][-1])
         elif len(rates) == 1:
@@ -286,6 +293,7 @@ class Poller:
         self.trackers[(symbol, tf)] = CandleTracker(tf, last_closed, bar_end(tf, forming))
         if all((symbol, t) in self.trackers for t in self._timeframes):
             self._untracked.discard(symbol)
+        return last_closed
 
 
 def _bars(requests, rates, errors) -> list[tuple[str, tuple[str, str], np.ndarray]]:

@@ -266,12 +266,12 @@ class Publisher:
                 # publish -> confirmed, and the newest tick's age when it was sent
                 self._tel.batch_published(batch, now - sent, msgs.count, now_ms=sent_wall_ms)
             if self._state is not None:
-                dealt = False
+                urgent = False
                 for batch, _ in self._unconfirmed:
-                    self._state.confirmed(batch.cursors, batch.bars, batch.deal_cursor)
-                    dealt = dealt or batch.deal_cursor is not None
-                # A confirmed deal is saved at once: a restart must not publish it again.
-                if dealt or anyio.current_time() - self._saved_at >= 1.0:
+                    urgent |= self._state.confirmed(batch.cursors, batch.bars, batch.deal_cursor)
+                # A confirmed deal or a newly tracked bar is saved at once: a restart must
+                # neither publish the deal again nor lose a bar that closes while it is down.
+                if urgent or anyio.current_time() - self._saved_at >= 1.0:
                     self._state.save()
                     self._saved_at = anyio.current_time()
             self._unconfirmed.clear()

@@ -1,8 +1,10 @@
 """Where capture stopped, kept on disk, so a restart of mt5d loses no tick.
 
 The publisher saves what NATS confirmed (per symbol the tick cursor, per
-symbol and timeframe the last closed bar); the poller resumes from it at
-start, filling the gap from the terminal's history. State older than
+symbol and timeframe the last closed bar, known from the moment the
+timeframe is tracked, not only once a candle of it went out); the poller
+resumes from it at start, filling the gap from the terminal's history and
+publishing every bar that closed meanwhile. State older than
 ``max_gap`` seconds is ignored (the backlog would be too long to replay).
 """
 
@@ -61,13 +63,23 @@ class StateFile:
         return cursors, bars  # type: ignore[return-value]
 
     def confirmed(self, cursors: dict[str, TickCursor], bars: dict[tuple[str, str], int],
-                  deal_cursor: tuple[int, int] | None = None) -> None:
+                  deal_cursor: tuple[int, int] | None = None) -> bool:
+        """Record what NATS confirmed; True when it should be saved at once: a deal, a
+        symbol or timeframe tracked for the first time, or a bar moved on. (A bar
+        tracked but not saved would be lost by a crash; cursors move every cycle
+        and are saved at the publisher's pace, a crash then repeats a few ticks.)"""
+        urgent = False
         if deal_cursor is not None:
             self.state.deals = tuple(deal_cursor)
+            urgent = True
         for symbol, c in cursors.items():
+            urgent |= symbol not in self.state.ticks
             self.state.ticks[symbol] = (c.last_msc, c.seen)
         for (symbol, tf), t in bars.items():
-            self.state.bars[f"{symbol}|{tf}"] = t
+            key = f"{symbol}|{tf}"
+            urgent |= self.state.bars.get(key) != t
+            self.state.bars[key] = t
+        return urgent
 
     def save(self) -> None:
         """Atomically: a crash mid-write leaves the previous file."""

@@ -315,6 +315,13 @@ def _cross_checks(cfg: Config) -> list[str]:
     if cfg.nats.inbox_prefix and not re.fullmatch(r"[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*", cfg.nats.inbox_prefix):
         problems.append(f"nats.inbox_prefix: {cfg.nats.inbox_prefix!r} (expected subject tokens without "
                         f"wildcards, e.g. \"_INBOX_mt5d\")")
+    if cfg.terminal.backend == "sim":
+        from mt5d.daemon.terminal.sim.clock import BrokerClock
+
+        try:
+            BrokerClock(cfg.terminal.sim.broker_tz)
+        except ValueError as err:
+            problems.append(f"terminal.sim.broker_tz: {err}")
     if cfg.terminal.backend != "sim" and cfg.terminal.login == 0:
         problems.append("terminal.login: 0 (expected the account login, or MT5_LOGIN in the environment)")
     sim = cfg.terminal.sim

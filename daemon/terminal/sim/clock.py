@@ -4,7 +4,10 @@
   * ``"EET"`` (default): UTC+2 in winter, UTC+3 during EU summer time (last
     Sunday of March 01:00 UTC to last Sunday of October 01:00 UTC), the usual
     "New York close" broker clock. Computed here, without the OS tz database.
-  * ``"fixed:+HH:MM"`` / ``"fixed:-HH:MM"``, or ``"UTC"``: a constant offset.
+  * ``"fixed:+HH:MM"`` / ``"fixed:-HH:MM"``, or ``"UTC"``: a constant offset;
+    ``"fixed:+HH:MM:SS"`` for a server clock that is also some seconds off
+    (real trade servers drift; tests use it to put the broker clock just
+    before a minute or an hour boundary).
 
 At the spring switch broker time jumps from 03:00 to 04:00: that broker hour
 does not exist (no ticks, no bars). At the autumn switch it would repeat
@@ -23,7 +26,7 @@ import time
 
 __all__ = ["BrokerClock"]
 
-_FIXED = re.compile(r"^fixed:([+-])(\d{1,2}):?(\d{2})$")
+_FIXED = re.compile(r"^fixed:([+-])(\d{1,2}):?(\d{2})(?::(\d{2}))?$")
 
 
 def _last_sunday(year: int, month: int) -> int:
@@ -47,10 +50,10 @@ class BrokerClock:
         else:
             m = _FIXED.match(spec)
             if not m:
-                raise ValueError(f"broker_tz must be 'EET', 'UTC' or 'fixed:+HH:MM', not {tz!r}")
-            sign, hh, mm = m.groups()
-            off = int(hh) * 3600 + int(mm) * 60
-            if off > 14 * 3600 or int(mm) >= 60:
+                raise ValueError(f"broker_tz must be 'EET', 'UTC' or 'fixed:+HH:MM[:SS]', not {tz!r}")
+            sign, hh, mm, ss = m.groups()
+            off = int(hh) * 3600 + int(mm) * 60 + int(ss or 0)
+            if off > 14 * 3600 or int(mm) >= 60 or int(ss or 0) >= 60:
                 raise ValueError(f"broker_tz offset out of range: {tz!r}")
             self.fixed = -off if sign == "-" else off
         self._years: dict[int, tuple[int, int]] = {}
