@@ -2,7 +2,12 @@
 
 Every terminal call in the process comes here as a request on a bounded
 channel and runs on the terminal thread, behind the circuit breaker and a
-timeout. The actor (re)connects when needed, selects the streamed symbols,
+timeout. Requests come in two lanes: the stream's (poll cycles, probes) is
+always served before the rpc lane's (history and account requests, which
+split long reads into short hops), so a due poll cycle waits for at most one
+rpc hop, never behind a queue of history work; an rpc hop not started by its
+``start_by`` is answered "busy" instead. The actor (re)connects when needed,
+selects the streamed symbols,
 opens their depth of market (``market_book_add``, at every connect, since a
 terminal session drops the subscriptions; released when the actor stops),
 counts failures, and turns every state change into one log line and one
@@ -11,10 +16,13 @@ counts failures, and turns every state change into one log line and one
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import random
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 import anyio
 import msgspec
@@ -28,6 +36,7 @@ from mt5d.daemon.terminal.api import TerminalApi
 from mt5d.daemon.terminal.thread import TerminalThread
 from mt5d.errors import (
     MT5AuthError,
+    MT5BusyError,
     MT5ConnectionError,
     MT5DataError,
     MT5Error,
@@ -80,11 +89,17 @@ class Credentials:
         return f"Credentials(login={self.login}, server={self.server!r}, password=<hidden>)"
 
 
+Lane = Literal["stream", "rpc"]
+
+
 @dataclass
 class _Request:
     fn: Callable[[TerminalApi], Any] | None  # None: forced reconnect
     timeout: float | None
     reply: MemoryObjectSendStream
+    lane: Lane = "stream"
+    order: int = 0  # rpc lane: the request's arrival number (its hops keep its place)
+    start_by: float | None = None  # rpc lane: not started by then (anyio time): refused as busy
 
 
 class Connection:
@@ -123,6 +138,10 @@ class Connection:
         self.thread.on_unwedged = self._note_wedged
         self._max_auth_failures = max_auth_failures
         self._send, self._recv = anyio.create_memory_object_stream[_Request](queue_size)
+        # The two lanes the actor serves from (see _next): stream first, then rpc.
+        self._lanes: deque[_Request] = deque()
+        self._rpc_lane: list[tuple[int, int, _Request]] = []
+        self._filed = itertools.count()
         self._selected: tuple[str, ...] = ()
         self._unknown: frozenset[str] = frozenset()
         self._connected = False
@@ -133,13 +152,19 @@ class Connection:
         self._was_wedged = False
 
     # ---- the handle other actors use ---------------------------------
-    async def run_call(self, fn: Callable[[TerminalApi], T], *, timeout: float | None = None) -> T:
-        """Run ``fn(api)`` on the terminal thread (one hop; many calls allowed)."""
+    async def run_call(self, fn: Callable[[TerminalApi], T], *, timeout: float | None = None,
+                       lane: Lane = "stream", order: int = 0, start_by: float | None = None) -> T:
+        """Run ``fn(api)`` on the terminal thread (one hop; many calls allowed).
+
+        ``lane``: "stream" (poll cycles, probes: served first) or "rpc" (request work,
+        in ``order``, one hop at a time between stream hops: keep its hops short).
+        ``start_by``: an rpc hop still queued then is refused with ``MT5BusyError``
+        (the terminal is serving more than it can within the requester's deadline)."""
         reply_send, reply_recv = anyio.create_memory_object_stream(1)  # (not [tuple]: typing's call costs µs)
         # One span per request (a poll hop, a probe, an RPC's fetch), in the caller's task.
         with self._tel.span("terminal.reconnect" if fn is None else f"terminal.{getattr(fn, '__name__', 'call')}"):
             async with reply_recv:
-                await self._send.send(_Request(fn, timeout, reply_send))
+                await self._send.send(_Request(fn, timeout, reply_send, lane, order, start_by))
                 result, error = await reply_recv.receive()
             if error is not None:
                 raise error
@@ -183,7 +208,10 @@ class Connection:
                 pass
         task_status.started()
         try:
-            async for req in self._recv:
+            while (req := await self._next()) is not None:
+                if req.reply.statistics().open_receive_streams == 0:
+                    req.reply.close()  # the requester gave up while it was queued: no work for nobody
+                    continue
                 try:
                     outcome = (await self._guarded(req.fn, req.timeout), None)
                 except MT5Error as err:
@@ -196,6 +224,50 @@ class Connection:
                     req.reply.close()
         finally:
             await self._release_books()
+
+    async def _next(self) -> _Request | None:
+        """The next request to serve (None: the channel closed): the stream lane first,
+        then rpc work by arrival. Everything queued is taken into the two lanes first
+        (each caller has at most one request out: one per poller, probe and rpc task)."""
+        while True:
+            if not self._lanes and not self._rpc_lane:
+                try:
+                    self._file(await self._recv.receive())
+                except anyio.EndOfStream:
+                    return None
+            while True:
+                try:
+                    self._file(self._recv.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            if self._lanes:
+                return self._lanes.popleft()
+            self._refuse_late(anyio.current_time())
+            if self._rpc_lane:
+                return heapq.heappop(self._rpc_lane)[2]
+
+    def _file(self, req: _Request) -> None:
+        if req.lane == "stream":
+            self._lanes.append(req)
+        else:
+            heapq.heappush(self._rpc_lane, (req.order, next(self._filed), req))
+
+    def _refuse_late(self, now: float) -> None:
+        """Answer "busy" to the rpc hops not started by their ``start_by``."""
+        late = [item for item in self._rpc_lane if item[2].start_by is not None and now > item[2].start_by]
+        if not late:
+            return
+        gone = {seq for _, seq, _ in late}
+        self._rpc_lane = [item for item in self._rpc_lane if item[1] not in gone]
+        heapq.heapify(self._rpc_lane)
+        for _, _, req in late:
+            try:
+                req.reply.send_nowait((None, MT5BusyError(
+                    "mt5d is busy: the terminal is serving earlier requests; retry shortly")))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+            finally:
+                req.reply.close()
 
     async def _guarded(self, fn, timeout, *, first: bool = False) -> Any:
         now = anyio.current_time()

@@ -12,7 +12,10 @@ past that a request is refused at once with 503 "busy" instead of queueing
 without bound. ``price`` and ``book`` are answered inline from the poller's
 caches (no terminal round trip, no await but the reply), so they are never
 stuck behind history requests. Everything that needs the terminal goes through
-``Connection.run_call`` (the one terminal thread, behind the breaker).
+``Connection.run_call`` (the one terminal thread, behind the breaker) in its rpc
+lane: after the stream's poll cycles, in arrival order, long history reads in
+short hops; a request the terminal has not started on within half the deadline
+gets 503 "busy" too.
 
 Errors: an ``MT5Error`` becomes its status (validation 400, breaker open or
 busy 503, timeout 504, connection/terminal/data 502) with its safe message;
@@ -23,20 +26,24 @@ detail goes to the ``mt5d.rpc`` log, never into the reply.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import itertools
 import logging
 import time
 from typing import Any, Awaitable, Callable
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import nats.micro
 from anyio.abc import TaskStatus
 from mt5d import __version__
-from mt5d.actors.logic.bars import CLOSE_GRACE_S, bar_end, min_bar_seconds
+from mt5d.actors.logic.bars import CLOSE_GRACE_S, bar_end
 from mt5d.actors.logic.cursor import TickCursor
 from mt5d.actors.logic.history import (
     candles_from_rates,
     deal_from_mt5,
+    fetch_bars,
     fetch_ticks,
     order_from_mt5,
     position_from_mt5,
@@ -106,6 +113,9 @@ SERVICE_NAME = "mt5d"
 # Hot standby: answered by the lease holder only (the terminal's account, an operator action,
 # what the leader's poller keeps: prices, books, positions and orders).
 LEADER_ONLY = ("account", "reconnect", "price", "book", "positions", "orders")
+# The request a task works on: its arrival number (its place in the rpc lane) and
+# whether its work has reached the terminal yet.
+_WORK: contextvars.ContextVar["_Work | None"] = contextvars.ContextVar("mt5d_rpc_work", default=None)
 # "busy" refusals are logged at most this often (with the running count).
 BUSY_LOG_EVERY = 10.0
 
@@ -160,9 +170,12 @@ class RpcService:
         term = cfg.terminal
         # A request may need a connect first, then its own call: never wait longer than both.
         self._deadline = term.connection_timeout + term.operation_timeout + 1.0
+        # Waiting longer than this for the terminal to start on a request leaves too little of the deadline.
+        self._busy_after = self._deadline / 2
         self._tg: anyio.abc.TaskGroup | None = None
         self._tick_size: dict[str, int] = {}
         self.in_flight = 0
+        self._arrivals = itertools.count(1)
         self.refused_busy = 0
         self._busy_logged_at = float("-inf")
         self.service: nats.micro.Service | None = None
@@ -295,6 +308,7 @@ class RpcService:
         tg.start_soon(self._serve, name, req, request, span, name=f"rpc.{name}")
 
     async def _serve(self, name: str, req, request, span) -> None:
+        _WORK.set(_Work(next(self._arrivals)))  # this task's own context: its hops keep its place in the rpc lane
         try:
             try:
                 with anyio.move_on_after(self._deadline) as scope, (span.use() if span is not None else _NO_SPAN):
@@ -431,13 +445,13 @@ class RpcService:
 
     async def _symbol_info(self, req) -> SymbolInfo:
         symbol = req.symbol
-        return symbol_info_reply(await self._conn.run_call(lambda api: api.symbol_info(symbol)))
+        return symbol_info_reply(await self._terminal(lambda api: api.symbol_info(symbol)))
 
     async def _terminal_info(self, req) -> TerminalInfo:
-        return terminal_info_reply(await self._conn.run_call(lambda api: api.terminal_info()))
+        return terminal_info_reply(await self._terminal(lambda api: api.terminal_info()))
 
     async def _account_info(self, req) -> AccountReply:
-        info = await self._conn.run_call(lambda api: api.account_info())
+        info = await self._terminal(lambda api: api.account_info())
         return account_reply(info)
 
     async def _symbols(self, req) -> SymbolsReply:
@@ -453,7 +467,7 @@ class RpcService:
                     refused.append(symbol)
             return out, refused
 
-        infos, refused = await conn.run_call(hop)
+        infos, refused = await self._terminal(hop)
         if refused:
             log.warning("symbol_info refused", extra={"symbols": refused})
         specs = []
@@ -479,29 +493,20 @@ class RpcService:
         more_in_range = False
         rates = None
         if req.mode == "latest":
-            count = req.count
-            rates = await self._conn.run_call(lambda api: api.copy_rates_from_pos(symbol, code, 0, count))
+            rates = await fetch_bars(self._terminal, symbol, code, None, req.count)
         elif req.mode == "before":
-            to_s, count = min((req.end + off) // 1000, horizon_s), req.count
+            to_s = min((req.end + off) // 1000, horizon_s)
             if to_s >= 0:
-                rates = await self._conn.run_call(lambda api: api.copy_rates_from(symbol, code, to_s, count))
-                rates = rates[rates["time"] <= to_s]
+                rates = await fetch_bars(self._terminal, symbol, code, to_s, req.count)
         else:
             from_s = max(0, -((-(req.start + off)) // 1000))  # bars opened at or after start
             to_s = min((req.end + off) // 1000, horizon_s)
             if from_s <= to_s:
-                step = min_bar_seconds(tf)
-                if (to_s - from_s) // step + 1 <= MAX_CANDLES:
-                    rates = await self._conn.run_call(
-                        lambda api: api.copy_rates_range(symbol, code, from_s, to_s))
-                else:
-                    # A long range: its newest MAX_CANDLES bars, and "more" for the older part.
-                    rates = await self._conn.run_call(
-                        lambda api: api.copy_rates_from(symbol, code, to_s, MAX_CANDLES))
-                    more_in_range = len(rates) >= MAX_CANDLES and int(rates["time"][0]) > from_s
-                times = rates["time"]
-                rates = rates[(times >= from_s) & (times <= to_s)]
+                # At most the range's newest MAX_CANDLES bars, and "more" for an older part.
+                rates = await fetch_bars(self._terminal, symbol, code, to_s, MAX_CANDLES, from_s)
+                more_in_range = len(rates) >= MAX_CANDLES and int(rates["time"][0]) > from_s
         candles = self._to_candles(symbol, tf, rates, off)
+        await anyio.lowlevel.checkpoint()  # the stream's tasks run between converting and encoding
         reply = page_candles(candles, self._codec, self._max_payload())
         if more_in_range and not reply.more and reply.candles:
             reply = CandlesReply(candles=reply.candles, more=True, next_end=reply.candles[0].time_utc_ms - 1)
@@ -525,7 +530,7 @@ class RpcService:
                 raise MT5BusyError("mt5d is starting: the account state is not read yet; retry shortly")
             return view.positions, view.orders, view.epoch, view.seq
         off = self._offset_ms()
-        positions, orders = await self._conn.run_call(lambda api: (api.positions_get(), api.orders_get()))
+        positions, orders = await self._terminal(lambda api: (api.positions_get(), api.orders_get()))
         return (tuple(position_from_mt5(p, off) for p in positions), tuple(order_from_mt5(o, off) for o in orders),
                 0, 0)
 
@@ -550,9 +555,9 @@ class RpcService:
             return [], off
         kwargs = {"group": req.group} if req.group else {}
         if req.position is not None:
-            rows = await self._conn.run_call(lambda api: getattr(api, fn)(position=req.position))
+            rows = await self._terminal(lambda api: getattr(api, fn)(position=req.position))
         else:
-            rows = await self._conn.run_call(lambda api: getattr(api, fn)(a, b, **kwargs))
+            rows = await self._terminal(lambda api: getattr(api, fn)(a, b, **kwargs))
         return rows, off
 
     def _cut(self, req: DealsRequest, items: list, time_of):
@@ -578,6 +583,19 @@ class RpcService:
         return page_history(req, items, time_of, HistoryOrdersReply, self._codec, self._max_payload(),
                             truncated=truncated)
 
+    async def _terminal(self, fn: Callable[[TerminalApi], Any]) -> Any:
+        """One hop on the terminal thread, in the connection's rpc lane, keeping this
+        request's place. The first hop must start within ``busy_after``: a request
+        still queued then is more than the terminal can serve within the deadline,
+        and gets 503 busy rather than a 504 later."""
+        work = _WORK.get()
+        if work is None or work.started:
+            return await self._conn.run_call(fn, lane="rpc", order=work.order if work else 0)
+        result = await self._conn.run_call(fn, lane="rpc", order=work.order,
+                                           start_by=anyio.current_time() + self._busy_after)
+        work.started = True
+        return result
+
     def _to_candles(self, symbol: str, tf: str, rates, off_ms: int) -> list[Candle]:
         if rates is None or not len(rates):
             return []
@@ -599,10 +617,10 @@ class RpcService:
         # encoded reply is surely over max_payload, so page_ticks cuts and says "more".
         max_payload = self._max_payload()
         limit = min(req.count, (max_payload - REPLY_HEADROOM) // self._min_tick_bytes(symbol) + 1)
-        arr = await self._conn.run_call(
-            lambda api: fetch_ticks(api, symbol, start_b, end_b, req.skip, limit, now_broker_s))
+        arr = await fetch_ticks(self._terminal, symbol, start_b, end_b, req.skip, limit, now_broker_s)
         # The poller's conversion: the stream never carried NaN-priced ticks either.
         ticks, _ = ticks_from_array(symbol, arr, TickCursor(start_b, req.skip), off)
+        await anyio.lowlevel.checkpoint()  # the stream's tasks run between converting and encoding
         return page_ticks(req, ticks, self._codec, max_payload)
 
     def _min_tick_bytes(self, symbol: str) -> int:
@@ -619,3 +637,10 @@ class RpcService:
         return size
 
 
+
+
+class _Work:
+    __slots__ = ("order", "started")
+
+    def __init__(self, order: int) -> None:
+        self.order, self.started = order, False

@@ -3,24 +3,37 @@
 The poller (what streams) and the RPC service (what a requester pages through)
 both turn the terminal's numpy arrays into ``Tick`` and ``Candle`` here, so a
 tick fetched later is the tick the stream published: same UTC, same
-``index_in_ms``, same NaN filter. ``fetch_ticks`` runs on the terminal thread.
+``index_in_ms``, same NaN filter. ``fetch_ticks`` and ``fetch_bars`` read long
+histories in short terminal hops (``HOP_SECONDS``), so the poll cycle, served
+before history work, never waits behind more than one.
 """
 
 from __future__ import annotations
+
+import time
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
 from mt5d.actors.logic.bars import bar_end
 from mt5d.actors.logic.cursor import TickCursor, new_ticks
-from mt5d.daemon.terminal.mt5_constants import COPY_TICKS_ALL, TICK_DTYPE
+from mt5d.daemon.terminal.mt5_constants import COPY_TICKS_ALL, RATE_DTYPE, TICK_DTYPE
 from mt5d.account import Deal, Order, Position
 from mt5d.market import Candle, Tick
 
-__all__ = ["ticks_from_array", "candles_from_rates", "fetch_ticks", "FIRST_FETCH", "position_from_mt5",
-           "order_from_mt5", "deal_from_mt5"]
+__all__ = ["ticks_from_array", "candles_from_rates", "fetch_ticks", "fetch_bars", "HopSize", "timed",
+           "HOP_SECONDS", "FIRST_FETCH", "position_from_mt5", "order_from_mt5", "deal_from_mt5"]
 
-# Tick history: the first copy_ticks_from asks for at most this many ticks, later ones 4x more.
+# A history hop on the terminal thread takes about this long (its size adapts to the terminal).
+HOP_SECONDS = 0.01
+# The first hops: a tick fetch of this many, a bar read of this many (short even where
+# bars are costly: a long D1 history not read before).
 FIRST_FETCH = 1024
+FIRST_BARS = 32
+MAX_TICKS_PER_HOP = 100_000
+MAX_BARS_PER_HOP = 5000
+# One terminal hop: run fn(api) on the terminal thread, its result back.
+Hop = Callable[[Callable[[Any], Any]], Awaitable[Any]]
 
 
 def ticks_from_array(symbol: str, fresh: np.ndarray, after: TickCursor | None,
@@ -54,27 +67,32 @@ def candles_from_rates(symbol: str, tf: str, rates: np.ndarray, off_ms: int, clo
     return out
 
 
-def fetch_ticks(api, symbol: str, start_b: int, end_b: int, skip: int, limit: int,
-                now_broker_s: int) -> np.ndarray:
-    """Runs on the terminal thread: ticks with broker ``time_msc`` in [start_b, end_b],
-    oldest first, the first ``skip`` of those at ``start_b`` itself left out, at most
-    ``limit``: the ticks new since ``TickCursor(start_b, skip)``.
+async def fetch_ticks(run: Hop, symbol: str, start_b: int, end_b: int, skip: int, limit: int,
+                      now_broker_s: int) -> np.ndarray:
+    """Ticks with broker ``time_msc`` in [start_b, end_b], oldest first, the first
+    ``skip`` of those at ``start_b`` itself left out, at most ``limit``: the ticks new
+    since ``TickCursor(start_b, skip)``. ``run(fn)`` runs ``fn(api)`` as one hop on
+    the terminal thread.
 
     ``copy_ticks_from`` with a count (so the terminal never materialises more
     than we can use, whatever the range: a year of ticks is never loaded for
     one page), continued from a tick cursor (whole seconds in, several ticks per
-    millisecond: the poller's de-duplication), the count growing geometrically
-    so a short range costs one small call."""
+    millisecond: the poller's de-duplication), one call per hop, the count
+    growing while calls stay short (``HOP_SECONDS``): a short range costs one
+    small call, a long one never holds the terminal for long."""
     if start_b > end_b or start_b // 1000 > now_broker_s + 86400:
         return np.empty(0, dtype=TICK_DTYPE)  # nothing can be there (and no absurd date reaches the terminal)
     cursor = TickCursor(start_b, skip)
     chunks: list[np.ndarray] = []
     got = 0
-    cap, pad = FIRST_FETCH, 64
+    size, pad = HopSize(FIRST_FETCH, MAX_TICKS_PER_HOP), 64
     while got < limit:
         want = limit - got
-        n = min(cap, want + min(cursor.seen, 100_000) + pad)
-        arr = api.copy_ticks_from(symbol, cursor.from_second, n, COPY_TICKS_ALL)
+        # Beyond what is wanted: the ticks of the cursor's second up to the cursor come back too.
+        n = min(size.n, want) + min(cursor.seen, 100_000) + pad
+        frm = cursor.from_second
+        arr, took = await run(timed(lambda api, frm=frm, n=n: api.copy_ticks_from(symbol, frm, n, COPY_TICKS_ALL)))
+        size.after(n, took)
         fresh, _ = new_ticks(arr, cursor)
         k = int(np.searchsorted(fresh["time_msc"], end_b, side="right"))
         take = min(k, want)
@@ -87,10 +105,60 @@ def fetch_ticks(api, symbol: str, start_b: int, end_b: int, skip: int, limit: in
             break  # past the end of the range, or no newer ticks exist
         if not take:
             pad = 4 * n  # the cursor's second holds more than n ticks before the cursor: ask for more
-        cap *= 4  # a full fetch: there is more, so fetch more at once
     if not chunks:
         return np.empty(0, dtype=TICK_DTYPE)
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+async def fetch_bars(run: Hop, symbol: str, code: int, to_s: int | None, count: int, from_s: int = 0) -> np.ndarray:
+    """Up to ``count`` bars opened in [from_s, to_s] (``to_s`` None: up to the forming
+    bar), oldest first, read newest first in hops of about ``HOP_SECONDS``: the
+    newest hop fixes the snapshot (a bar that opens meanwhile is not in it), older
+    ones go on back from the oldest bar read, by time (never by position, which a
+    new bar shifts)."""
+    chunks: list[np.ndarray] = []
+    got, size = 0, HopSize(FIRST_BARS, MAX_BARS_PER_HOP, least=16)
+    while got < count:
+        k = min(size.n, count - got)
+        if to_s is None:
+            rates, took = await run(timed(lambda api, k=k: api.copy_rates_from_pos(symbol, code, 0, k)))
+        else:
+            rates, took = await run(timed(lambda api, k=k, to=to_s: api.copy_rates_from(symbol, code, to, k)))
+            rates = rates[rates["time"] <= to_s]
+        size.after(k, took)
+        kept = rates[rates["time"] >= from_s] if from_s else rates
+        if len(kept):
+            chunks.append(kept)
+            got += len(kept)
+        if len(rates) < k or len(kept) < len(rates):
+            break  # the start of history, or of the range
+        to_s = int(rates["time"][0]) - 1
+    if not chunks:
+        return np.empty(0, dtype=RATE_DTYPE)
+    chunks.reverse()
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+def timed(fn: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, float]]:
+    """``fn`` and how long it took, measured where it runs (the terminal thread)."""
+    def hop(api):
+        t0 = time.perf_counter()
+        result = fn(api)
+        return result, time.perf_counter() - t0
+
+    return hop
+
+
+class HopSize:
+    """How much the next hop asks for: grows while hops take under HOP_SECONDS (at
+    most 8x at a time), shrinks when one takes longer."""
+
+    def __init__(self, first: int, most: int, least: int = 64) -> None:
+        self.n, self._most, self._least = first, most, least
+
+    def after(self, asked: int, took: float) -> None:
+        scaled = int(asked * HOP_SECONDS / max(took, 1e-4))
+        self.n = max(self._least, min(self._most, 8 * asked, scaled))
 
 
 # -- positions, orders, deals: the terminal's namedtuples as wire structs (stream and RPC) ---

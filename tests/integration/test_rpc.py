@@ -500,7 +500,7 @@ class FakeConn:
     def selected_symbols(self):
         return ("EURUSD",)
 
-    async def run_call(self, fn, *, timeout=None):
+    async def run_call(self, fn, *, timeout=None, lane="stream", order=0, start_by=None):
         return await self.behaviour()
 
     async def reconnect(self):
