@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import signal
-import subprocess
-import sys
 import time
 
 import anyio
@@ -20,7 +18,7 @@ import pytest
 
 from mt5d.daemon.terminal.mt5_constants import TIMEFRAMES
 from mt5d.daemon.terminal.sim import SimTerminal
-from tests.integration.helpers import Collector, eventually, unique_account
+from tests.integration.helpers import Collector, DaemonProcess, eventually, unique_account
 
 pytestmark = pytest.mark.anyio
 SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY"]
@@ -62,23 +60,6 @@ level = "INFO"
 """
 
 
-class Run:
-    """``mt5d run`` as a child process."""
-
-    def __init__(self, config_path, log_path) -> None:
-        self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mt5d.daemon.cli", "run", "--config", str(config_path)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.log.close()
-
-
 def _state(path) -> dict:
     try:
         return msgspec.json.decode(path.read_bytes())
@@ -102,7 +83,7 @@ async def test_bars_closed_while_killed_are_published_once_after_restart(nats_ur
 
     col = await Collector(account).start(nats_url)
     try:
-        first = Run(cfg, log_path)
+        first = DaemonProcess(cfg, log_path)
         try:
             # Tracking has started (every symbol and timeframe is in the saved state)...
             await eventually(lambda: keys <= set(_state(state_path).get("bars", {})) or first.proc.poll() is not None,
@@ -126,7 +107,7 @@ async def test_bars_closed_while_killed_are_published_once_after_restart(nats_ur
                 assert closed, (symbol, tf, last)  # the hour boundary closed one of each
                 expected[(symbol, tf)] = closed
 
-        second = Run(cfg, log_path)
+        second = DaemonProcess(cfg, log_path)
         try:
             def arrived() -> bool:
                 got = {(c.symbol, c.timeframe, c.time_broker) for c in col.candles}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import signal
+import subprocess
+import sys
 from collections import defaultdict
 
 import anyio
@@ -275,3 +278,28 @@ async def lease_holder(js, bucket: str) -> str | None:
     except Exception:
         return None
     return entry.value.decode() if entry.value else None
+
+
+class DaemonProcess:
+    """``mt5d run --config PATH`` as a child process, its output appended to ``log_path``."""
+
+    def __init__(self, config_path, log_path) -> None:
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mt5d.daemon.cli", "run", "--config", str(config_path)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal it (SIGTERM: a clean stop; SIGKILL: a crash) and wait; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        finally:
+            self.log.close()
