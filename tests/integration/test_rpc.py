@@ -53,7 +53,7 @@ from mt5d.rpc import (
     PriceRequest,
     TicksReply,
 )
-from tests.integration.helpers import Collector, make_config, running, unique_account
+from tests.integration.helpers import Collector, closed_window, make_config, running, unique_account
 
 pytestmark = pytest.mark.anyio
 
@@ -207,7 +207,7 @@ async def test_candles_long_range_is_paged_without_gaps(nats_url):
 async def test_ticks_are_the_ticks_the_stream_published(nats_url):
     async with daemon_client(nats_url, "ticks", terminal={"sim": {"ticks_per_second": 40.0}}) as t:
         await t.col.wait_for(lambda: len(t.col.ticks["EURUSD"]) >= 60, timeout=10)
-        streamed = list(t.col.ticks["EURUSD"])
+        streamed = await closed_window(t.col, "EURUSD")
         start, end = streamed[0].time_utc_ms, streamed[-1].time_utc_ms
         got = await t.client.get_ticks("EURUSD", start, end)
         # The stream's first millisecond may have been cut by our subscription; compare after it.

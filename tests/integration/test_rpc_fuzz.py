@@ -43,7 +43,7 @@ from mt5d.rpc import (
     MAX_TICKS,
     ErrorReply,
 )
-from tests.integration.helpers import Collector, make_config, running, unique_account
+from tests.integration.helpers import Collector, closed_window, make_config, running, unique_account
 
 pytestmark = pytest.mark.anyio
 
@@ -231,7 +231,7 @@ async def test_hostile_payloads_get_clean_replies_and_streaming_goes_on(nats_url
             await col.wait_for(lambda: len(arrivals) > before + 10, timeout=5)
 
             # ...and without a gap: what the stream published is the terminal's history.
-            streamed = list(col.ticks["EURUSD"])
+            streamed = await closed_window(col, "EURUSD")
             start, end = streamed[0].time_utc_ms, streamed[-1].time_utc_ms
             history = await client.get_ticks("EURUSD", start, end)
             tail = [t for t in history if t.time_utc_ms > start]
