@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--soak", type=float, default=0.0, help="seconds of realistic load for the memory check")
     p.add_argument("--quick", action="store_true", help="shorter phases (a smoke run)")
+    p.add_argument("--faults", type=float, default=0.0, metavar="SECONDS",
+                   help="instead: a fault soak of SECONDS, the stream judged against the sim's history")
+    p.add_argument("--seed", type=int, default=1, help="the fault soak's schedule")
     p.set_defaults(fn=cmd_bench)
     args = parser.parse_args(argv)
     return args.fn(args)

@@ -34,6 +34,8 @@ subscriber in this process receiving what it publishes:
 
 Saturation, realistic (both) and naive run ``REPEATS`` times: each figure is
 the median, with ``<key>_min`` and ``<key>_max`` beside it.
+
+``--faults SECONDS`` runs the fault soak instead (``fault_soak.py``).
 """
 
 from __future__ import annotations
@@ -920,6 +922,13 @@ def _table(r: dict) -> str:
 
 
 def main(args) -> int:
+    if getattr(args, "faults", 0):
+        from mt5d.daemon.tools.fault_soak import passed, run_fault_soak, table
+
+        echo = (lambda *a: None) if args.json else (lambda line: print(line, flush=True))
+        results = anyio.run(lambda: run_fault_soak(args.faults, seed=args.seed, echo=echo))
+        print(msgspec.json.encode(results).decode() if args.json else table(results))
+        return 0 if passed(results) else 1
     results = anyio.run(run_bench, args.quick, args.soak)
     print(msgspec.json.encode(results).decode() if args.json else _table(results))
     return 0
