@@ -1,6 +1,7 @@
 """The connection actor's two lanes, on virtual time with the sim terminal: whatever is
 queued, a stream request (a poll cycle, a probe) is served first, then rpc work in the
-order the requests arrived at the rpc service (not the order their hops were queued)."""
+order the requests arrived at the rpc service (not the order their hops were queued); an
+rpc hop not started by its ``start_by`` is answered "busy" instead of run."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from mt5d.actors.connection import Connection, Credentials, StateChange
 from mt5d.actors.logic.breaker import BreakerPolicy
 from mt5d.daemon.terminal.sim import SimTerminal
 from mt5d.daemon.terminal.thread import TerminalThread
+from mt5d.errors import MT5BusyError
 
 pytestmark = pytest.mark.anyio
 
@@ -37,16 +39,21 @@ async def test_stream_lane_first_then_rpc_by_arrival():
             return api.symbol_info_tick("EURUSD").time_msc
         return fn
 
-    # Queued before the actor runs: rpc work of requests 3, 1 and 2 (in that order), then a poll cycle.
-    queued = [("rpc-3", "rpc", 3), ("rpc-1a", "rpc", 1), ("rpc-2", "rpc", 2), ("rpc-1b", "rpc", 1),
-              ("poll", "stream", 0)]
-    results: dict[str, int] = {}
+    # Queued before the actor runs: rpc work of requests 3, 1 and 2 (in that order), then a poll
+    # cycle; and the first hop of a request 0 that had to start within 1 ms (it is refused, busy).
+    queued = [("rpc-late", "rpc", 0, 0.001), ("rpc-3", "rpc", 3, 60.0), ("rpc-1a", "rpc", 1, None),
+              ("rpc-2", "rpc", 2, None), ("rpc-1b", "rpc", 1, None), ("poll", "stream", 0, None)]
+    results: dict[str, object] = {}
     async with anyio.create_task_group() as tg:
-        async def ask(name: str, lane: str, order: int) -> None:
-            results[name] = await conn.run_call(hop(name), lane=lane, order=order)
+        async def ask(name: str, lane: str, order: int, within) -> None:
+            start_by = None if within is None else anyio.current_time() + within
+            try:
+                results[name] = await conn.run_call(hop(name), lane=lane, order=order, start_by=start_by)
+            except MT5BusyError as err:
+                results[name] = err
 
-        for name, lane, order in queued:
-            tg.start_soon(ask, name, lane, order)
+        for item in queued:
+            tg.start_soon(ask, *item)
             await anyio.sleep(0.001)  # virtual time: each request is in before the next
         await tg.start(conn.run)
         with anyio.fail_after(5):
@@ -54,4 +61,6 @@ async def test_stream_lane_first_then_rpc_by_arrival():
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
     assert served == ["poll", "rpc-1a", "rpc-1b", "rpc-2", "rpc-3"]
-    assert all(results.values())
+    late = results.pop("rpc-late")
+    assert isinstance(late, MT5BusyError) and "busy" in late.message
+    assert all(isinstance(v, int) and v for v in results.values())

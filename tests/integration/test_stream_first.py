@@ -50,6 +50,9 @@ async def test_history_burst_keeps_the_tick_stream_flowing(nats_url, tmp_path):
     account = unique_account("burst")
     cfg = tmp_path / "config.toml"
     cfg.write_text(_config(nats_url, account))
+    # The stream's subscriber has a connection of its own: on the requester's, the ticks would
+    # queue behind megabytes of replies in one socket (that is the subscriber's choice, not mt5d's).
+    sub_nc = await nats.connect(nats_url)
     nc = await nats.connect(nats_url, pending_size=64 * 1024 * 1024)
     arrivals: list[float] = []
     newest_ms: list[int] = []
@@ -59,8 +62,9 @@ async def test_history_burst_keeps_the_tick_stream_flowing(nats_url, tmp_path):
         arrivals.append(time.monotonic())
         newest_ms.append(dec.decode(msg.data).time_utc_ms)
 
-    await nc.subscribe(f"mt5.{account}.tick.>", cb=on_tick, pending_msgs_limit=10_000_000, pending_bytes_limit=-1)
-    await nc.flush()
+    await sub_nc.subscribe(f"mt5.{account}.tick.>", cb=on_tick, pending_msgs_limit=10_000_000,
+                           pending_bytes_limit=-1)
+    await sub_nc.flush()
     daemon = DaemonProcess(cfg, tmp_path / "mt5d.log")
     try:
         # Streaming, and the broker clock offset known (history requests need it).
@@ -96,6 +100,7 @@ async def test_history_burst_keeps_the_tick_stream_flowing(nats_url, tmp_path):
     finally:
         assert daemon.stop() == 0
         await nc.close()
+        await sub_nc.close()
 
     assert sorted(status for _, status, _ in answers) and all(s in ("200", "503") for _, s, _ in answers), answers
     assert len(answers) == len(requests)
