@@ -36,6 +36,7 @@ import anyio
 import anyio.lowlevel
 import msgspec
 import nats.micro
+import numpy as np
 from anyio.abc import TaskStatus
 from mt5d import __version__
 from mt5d.actors.logic.bars import CLOSE_GRACE_S, bar_end
@@ -116,6 +117,8 @@ LEADER_ONLY = ("account", "reconnect", "price", "book", "positions", "orders")
 # The request a task works on: its arrival number (its place in the rpc lane) and
 # whether its work has reached the terminal yet.
 _WORK: contextvars.ContextVar["_Work | None"] = contextvars.ContextVar("mt5d_rpc_work", default=None)
+# History is converted to wire structs this many at a time, yielding between slices.
+CONVERT_SLICE = 1000
 # "busy" refusals are logged at most this often (with the running count).
 BUSY_LOG_EVERY = 10.0
 
@@ -505,8 +508,7 @@ class RpcService:
                 # At most the range's newest MAX_CANDLES bars, and "more" for an older part.
                 rates = await fetch_bars(self._terminal, symbol, code, to_s, MAX_CANDLES, from_s)
                 more_in_range = len(rates) >= MAX_CANDLES and int(rates["time"][0]) > from_s
-        candles = self._to_candles(symbol, tf, rates, off)
-        await anyio.lowlevel.checkpoint()  # the stream's tasks run between converting and encoding
+        candles = await self._to_candles(symbol, tf, rates, off)
         reply = page_candles(candles, self._codec, self._max_payload())
         if more_in_range and not reply.more and reply.candles:
             reply = CandlesReply(candles=reply.candles, more=True, next_end=reply.candles[0].time_utc_ms - 1)
@@ -596,11 +598,14 @@ class RpcService:
         work.started = True
         return result
 
-    def _to_candles(self, symbol: str, tf: str, rates, off_ms: int) -> list[Candle]:
+    async def _to_candles(self, symbol: str, tf: str, rates, off_ms: int) -> list[Candle]:
         if rates is None or not len(rates):
             return []
         now_broker_s = int(self._wall() + off_ms / 1000)
-        out = candles_from_rates(symbol, tf, rates, off_ms)
+        out: list[Candle] = []
+        for i in range(0, len(rates), CONVERT_SLICE):  # in slices: the stream's tasks run between them
+            out.extend(candles_from_rates(symbol, tf, rates[i:i + CONVERT_SLICE], off_ms))
+            await anyio.lowlevel.checkpoint()
         last = out[-1]
         if now_broker_s < bar_end(tf, last.time_broker) + CLOSE_GRACE_S:
             out[-1] = msgspec.structs.replace(last, closed=False)  # the forming bar
@@ -619,8 +624,18 @@ class RpcService:
         limit = min(req.count, (max_payload - REPLY_HEADROOM) // self._min_tick_bytes(symbol) + 1)
         arr = await fetch_ticks(self._terminal, symbol, start_b, end_b, req.skip, limit, now_broker_s)
         # The poller's conversion: the stream never carried NaN-priced ticks either.
-        ticks, _ = ticks_from_array(symbol, arr, TickCursor(start_b, req.skip), off)
-        await anyio.lowlevel.checkpoint()  # the stream's tasks run between converting and encoding
+        ticks: list[Tick] = []
+        after = TickCursor(start_b, req.skip)
+        msc = arr["time_msc"]
+        i = 0
+        while i < len(arr):  # in slices cut between milliseconds: the stream's tasks run between them
+            j = min(len(arr), i + CONVERT_SLICE)
+            j = int(np.searchsorted(msc, msc[j - 1], side="right")) if j < len(arr) else j
+            part, _ = ticks_from_array(symbol, arr[i:j], after, off)
+            ticks.extend(part)
+            after = TickCursor(int(msc[j - 1]), 0)  # the next slice starts on a new millisecond
+            i = j
+            await anyio.lowlevel.checkpoint()
         return page_ticks(req, ticks, self._codec, max_payload)
 
     def _min_tick_bytes(self, symbol: str) -> int:
