@@ -103,6 +103,7 @@ class _Mt5d:
         self.started_at = 0.0
         self.launches = 0
         self.unexpected_exits = 0
+        self.nats_restarts = 0
         self.scheduled_faults: Counter = Counter()
 
     def launch(self, now: float) -> None:
@@ -140,7 +141,7 @@ async def _burst(nc, outcomes: Counter, mt5d: "_Mt5d") -> None:
             except Exception:  # noqa: BLE001 - not up yet
                 pass
             await anyio.sleep(0.5)
-    launch = mt5d.launches
+    launch, restarts = mt5d.launches, mt5d.nats_restarts
     now = int(time.time() * 1000)
     reqs = ([("candles", {"symbol": s, "timeframe": "D1", "count": 5000}) for s in SYMBOLS] +
             [("ticks", {"symbol": s, "start": now - 86_400_000, "end": now, "count": 100_000}) for s in SYMBOLS])
@@ -151,8 +152,10 @@ async def _burst(nc, outcomes: Counter, mt5d: "_Mt5d") -> None:
             outcomes[(msg.headers or {}).get("Nats-Service-Error-Code", "200")] += 1
         except Exception as err:  # noqa: BLE001 - counted: no responders (mt5d down), timeout...
             # A request in flight when mt5d is killed dies with it: counted apart.
-            killed = " (mt5d killed meanwhile)" if mt5d.launches != launch else ""
-            outcomes[type(err).__name__ + killed] += 1
+            # So does one whose reply was on its way when nats-server stopped (core NATS keeps nothing).
+            why = (" (mt5d killed meanwhile)" if mt5d.launches != launch else
+                   " (nats-server restarted meanwhile)" if mt5d.nats_restarts != restarts else "")
+            outcomes[type(err).__name__ + why] += 1
 
     async with anyio.create_task_group() as tg:
         for endpoint, body in reqs:
@@ -282,6 +285,7 @@ async def run_fault_soak(seconds: float, *, seed: int = 1, echo=print) -> dict:
                         mt5d.launch(time.monotonic() - t0)
                     elif ev.kind == "nats_restart":
                         server.stop()
+                        mt5d.nats_restarts += 1
                         await anyio.sleep(ev.duration)
                         server.start()
                     elif ev.kind == "burst":
