@@ -7,10 +7,9 @@ always served before the rpc lane's (history and account requests, which
 split long reads into short hops), so a due poll cycle waits for at most one
 rpc hop, never behind a queue of history work; an rpc hop not started by its
 ``start_by`` is answered "busy" instead. The actor (re)connects when needed,
-selects the streamed symbols,
-opens their depth of market (``market_book_add``, at every connect, since a
-terminal session drops the subscriptions; released when the actor stops),
-counts failures, and turns every state change into one log line and one
+selects the streamed symbols, opens their depth of market (``market_book_add``,
+at every connect, since a terminal session drops the subscriptions; released
+when the actor stops), counts failures, and turns every state change into one log line and one
 ``StateChange`` for the health actor (which publishes it on NATS).
 """
 
@@ -139,7 +138,7 @@ class Connection:
         self._max_auth_failures = max_auth_failures
         self._send, self._recv = anyio.create_memory_object_stream[_Request](queue_size)
         # The two lanes the actor serves from (see _next): stream first, then rpc.
-        self._lanes: deque[_Request] = deque()
+        self._stream_lane: deque[_Request] = deque()
         self._rpc_lane: list[tuple[int, int, _Request]] = []
         self._filed = itertools.count()
         self._selected: tuple[str, ...] = ()
@@ -230,7 +229,7 @@ class Connection:
         then rpc work by arrival. Everything queued is taken into the two lanes first
         (each caller has at most one request out: one per poller, probe and rpc task)."""
         while True:
-            if not self._lanes and not self._rpc_lane:
+            if not self._stream_lane and not self._rpc_lane:
                 try:
                     self._file(await self._recv.receive())
                 except anyio.EndOfStream:
@@ -240,15 +239,15 @@ class Connection:
                     self._file(self._recv.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream):
                     break
-            if self._lanes:
-                return self._lanes.popleft()
+            if self._stream_lane:
+                return self._stream_lane.popleft()
             self._refuse_late(anyio.current_time())
             if self._rpc_lane:
                 return heapq.heappop(self._rpc_lane)[2]
 
     def _file(self, req: _Request) -> None:
         if req.lane == "stream":
-            self._lanes.append(req)
+            self._stream_lane.append(req)
         else:
             heapq.heappush(self._rpc_lane, (req.order, next(self._filed), req))
 

@@ -320,7 +320,10 @@ class RpcService:
                     raise MT5TimeoutError(f"{name} did not complete within {self._deadline:g} s")
                 data = self._codec.encode(reply)
             except Exception as err:  # noqa: BLE001 - cancellation (a BaseException) passes through
-                await self._fail(name, req, err, span)
+                busy = isinstance(err, MT5BusyError)  # counted and logged like the intake's refusals
+                if busy:
+                    self._note_busy(name)
+                await self._fail(name, req, err, span, log_it=not busy)
                 return
             await self._respond(name, req, data, span)
         finally:
