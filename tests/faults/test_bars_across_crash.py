@@ -18,7 +18,7 @@ import pytest
 
 from mt5d.daemon.terminal.mt5_constants import TIMEFRAMES
 from mt5d.daemon.terminal.sim import SimTerminal
-from tests.integration.helpers import Collector, DaemonProcess, eventually, unique_account
+from tests.integration.helpers import Collector, CliProcess, eventually, unique_account
 
 pytestmark = pytest.mark.anyio
 SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY"]
@@ -83,7 +83,7 @@ async def test_bars_closed_while_killed_are_published_once_after_restart(nats_ur
 
     col = await Collector(account).start(nats_url)
     try:
-        first = DaemonProcess(cfg, log_path)
+        first = CliProcess(cfg, log_path)
         try:
             # Tracking has started (every symbol and timeframe is in the saved state)...
             await eventually(lambda: keys <= set(_state(state_path).get("bars", {})) or first.proc.poll() is not None,
@@ -107,7 +107,7 @@ async def test_bars_closed_while_killed_are_published_once_after_restart(nats_ur
                 assert closed, (symbol, tf, last)  # the hour boundary closed one of each
                 expected[(symbol, tf)] = closed
 
-        second = DaemonProcess(cfg, log_path)
+        second = CliProcess(cfg, log_path)
         try:
             def arrived() -> bool:
                 got = {(c.symbol, c.timeframe, c.time_broker) for c in col.candles}

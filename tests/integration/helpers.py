@@ -150,18 +150,10 @@ def assert_same_as_history(module, symbol: str, got: list[tuple[int, int, float,
         prev = m
         if got[0][:2] <= (m, k) <= got[-1][:2]:
             expected.append((m, k, b, a))
-    start = expected.index(got[0])
-    want = expected[start:]
-    if got != want:
-        i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-        raise AssertionError(f"{symbol}: {len(got)} received vs {len(want)} in history; first difference at {i}: "
-                             f"got {got[max(0, i - 2):i + 3]} expected {want[max(0, i - 2):i + 3]}")
-
-
-    if got != expected:
+    if got != expected:  # the window is [got[0], got[-1]]: expected starts and ends with them
         at = next((i for i, (g, e) in enumerate(zip(got, expected)) if g != e), min(len(got), len(expected)))
         raise AssertionError(f"{symbol}: {len(got)} received vs {len(expected)} in history; first difference at "
-                             f"{at}: received {got[at:at + 2]}, history {expected[at:at + 2]}")
+                             f"{at}: got {got[max(0, at - 2):at + 3]} expected {expected[max(0, at - 2):at + 3]}")
 
 
 class AccountCollector:
@@ -316,7 +308,7 @@ async def lease_holder(js, bucket: str) -> str | None:
     return entry.value.decode() if entry.value else None
 
 
-class DaemonProcess:
+class CliProcess:
     """``mt5d run --config PATH`` as a child process, its output appended to ``log_path``."""
 
     def __init__(self, config_path, log_path) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from mt5d.market import Tick
 from mt5d.rpc import ERROR_CODE_HEADER, MAX_CANDLES, MAX_TICKS
-from tests.integration.helpers import DaemonProcess, eventually, unique_account
+from tests.integration.helpers import CliProcess, eventually, unique_account
 
 pytestmark = pytest.mark.anyio
 SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "US30", "EURUSD.m", "#AAPL"]
@@ -65,7 +65,7 @@ async def test_history_burst_keeps_the_tick_stream_flowing(nats_url, tmp_path):
     await sub_nc.subscribe(f"mt5.{account}.tick.>", cb=on_tick, pending_msgs_limit=10_000_000,
                            pending_bytes_limit=-1)
     await sub_nc.flush()
-    daemon = DaemonProcess(cfg, tmp_path / "mt5d.log")
+    daemon = CliProcess(cfg, tmp_path / "mt5d.log")
     try:
         # Streaming, and the broker clock offset known (history requests need it).
         await eventually(lambda: len(arrivals) >= 200 or not daemon.alive(), timeout=30)
