@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import json
 import secrets
 import time
 from typing import Any, Generic, TypeVar
@@ -137,7 +136,7 @@ class LastValues:
         except _LINK_DOWN:
             raise NotStored(self._stream) from None
         try:
-            await self._nc.publish(f"$JS.API.DIRECT.GET.{self._stream}", json.dumps(request).encode(), reply=inbox)
+            await self._nc.publish(f"$JS.API.DIRECT.GET.{self._stream}", msgspec.json.encode(request), reply=inbox)
             try:
                 status = await asyncio.wait_for(done, self._timeout)
             except asyncio.TimeoutError:

@@ -563,7 +563,7 @@ class _NaiveLoop:
 async def phase_jetstream(url: str, seconds: float, core: dict) -> dict:
     """The saturation phase again, with every tick stored and acknowledged."""
     account = "benchjs"
-    nc = await nats.connect(url)
+    nc = await open_nats(url)
     js = nc.jetstream()
     child = Child(_config(url, tps=2000.0, poll=0.01, acct=account, jetstream={"enabled": True}))
     stream = f"MT5_{account}"
@@ -623,7 +623,7 @@ async def phase_failover(url: str, kills: int = 5) -> dict:
     nsym = 5
     raws = {n: _config(url, tps=20.0, poll=0.01, symbols=nsym, acct=account, jetstream={"enabled": True},
                        ha={"enabled": True, "node": n}) for n in ("a", "b")}
-    nc = await nats.connect(url)
+    nc = await open_nats(url)
     js = nc.jetstream()
     first_tick = {"term": 0, "at": 0.0}
     term_seen = anyio.Event()

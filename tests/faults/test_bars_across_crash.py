@@ -12,7 +12,6 @@ import math
 import signal
 import time
 
-import anyio
 import msgspec
 import pytest
 

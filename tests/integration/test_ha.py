@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import anyio
-import msgspec
 import nats
 import pytest
 

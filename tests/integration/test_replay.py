@@ -116,7 +116,7 @@ async def test_tail_since_prints_what_was_stored(fresh_nats):
         await js.publish(f"mt5.{account}.tick.EURUSD", b'{"symbol":"EURUSD","n":%d}' % i)
     await nc.close()
     res = await anyio.run_process([sys.executable, "-m", "mt5d.daemon.cli", "tail", "--url", fresh_nats.url,
-                                   "--since", "10m", "--count", "5", f"mt5.*.tick.EURUSD"], cwd=ROOT, check=False)
+                                   "--since", "10m", "--count", "5", "mt5.*.tick.EURUSD"], cwd=ROOT, check=False)
     assert res.returncode == 0, res.stderr.decode()
     lines = res.stdout.decode().splitlines()
     assert [msgspec.json.decode(line.split(" ", 1)[1])["n"] for line in lines] == [0, 1, 2, 3, 4]
