@@ -134,6 +134,9 @@ class Poller:
         self._resume_bars = dict(bars)
         self.trackers.clear()
         self._newest_s.clear()
+        # The plan caches the cursors: rebuild it from these, or the hop goes on from the old ones.
+        self._symbols = None
+        self._horizon = None
 
     async def cycle(self) -> Batch:
         """One hop to the terminal for every symbol; returns what is new."""
