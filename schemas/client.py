@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Generic, Iterable, TypeVar
+from typing import Any, Iterable, TypeVar
 from urllib.parse import unquote, urlparse
 
 import msgspec
@@ -83,6 +83,7 @@ from mt5d.rpc import (
     timeframe_name,
     validate_request,
 )
+from mt5d.streams import Stream
 from mt5d.stored import LastValues, NotStored, Replay, replay_since
 from mt5d.subjects import DEFAULT_PREFIX, Subjects, last_value_stream, stream_name
 
@@ -217,73 +218,6 @@ async def open_nats(servers: str | list[str] = DEFAULT_URL, *, user: str | None 
     nc.options["allow_reconnect"] = opts.get("allow_reconnect", True)
     nc.options["max_reconnect_attempts"] = opts["max_reconnect_attempts"]
     return nc
-
-
-class Stream(Generic[T]):
-    """Decoded messages of some subjects, as an async iterator.
-
-    Use ``async with`` (subscribed on entry, so nothing published after it is
-    missed; unsubscribed on exit), or plain ``async for`` and ``close()``.
-    A full local queue drops the newest message and counts it in ``dropped``,
-    as NATS itself does for a slow consumer. A payload that does not decode
-    raises MT5DataError (a contract mismatch should be loud)."""
-
-    def __init__(self, nc, subjects: list[str], type: type[T], queue_size: int) -> None:
-        self._nc, self._subjects, self._type = nc, subjects, type
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
-        self._subs: list = []
-        self._closed = False
-        self.dropped = 0
-
-    async def _on_msg(self, msg) -> None:
-        try:
-            self._queue.put_nowait(msg.data)
-        except asyncio.QueueFull:
-            self.dropped += 1
-
-    async def start(self) -> "Stream[T]":
-        if not self._subs and not self._closed:
-            for subject in self._subjects:
-                self._subs.append(await self._nc.subscribe(subject, cb=self._on_msg))
-            # The server has the interest before we return. Twice: nats-py's PING
-            # can overtake SUBs still in its buffer.
-            await self._nc.flush()
-            await self._nc.flush()
-        return self
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error:
-                pass  # connection already closed: nothing left to undo
-        if self._queue.full():
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)  # wakes a reader waiting in __anext__
-
-    async def __aenter__(self) -> "Stream[T]":
-        return await self.start()
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
-
-    def __aiter__(self) -> "Stream[T]":
-        return self
-
-    async def __anext__(self) -> T:
-        if self._closed:
-            raise StopAsyncIteration
-        await self.start()
-        data = await self._queue.get()
-        if data is None:
-            raise StopAsyncIteration
-        try:
-            return decode_any(data, self._type)
-        except msgspec.DecodeError as err:
-            raise MT5DataError(f"undecodable {self._type.__name__} message: {err}") from None
 
 
 class MT5Client(AccountMethods):  # account data: see mt5d.account_client

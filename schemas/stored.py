@@ -13,7 +13,7 @@ import asyncio
 import datetime as _dt
 import secrets
 import time
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
@@ -21,6 +21,7 @@ import nats.errors
 from mt5d.codec import decode_any
 from mt5d.errors import MT5DataError
 from mt5d.market import Tick
+from mt5d.streams import Stream
 
 __all__ = ["LastValues", "Replay", "NotStored", "replay_since", "stored_time_ms", "MULTI_LAST_MAX"]
 
@@ -181,7 +182,7 @@ def _identity(item) -> tuple:
     return (item.time_broker,)
 
 
-class Replay(Generic[T]):
+class Replay(Stream[T]):
     """Ticks or candles from the first stored at or after ``since`` (UTC ms), then live.
 
     One ordered consumer per subject (the server re-creates it on a gap, from
@@ -192,13 +193,10 @@ class Replay(Generic[T]):
 
     def __init__(self, js, stream: str, subjects: list[str], type: type[T], *, since_ms: int,
                  queue_size: int = 65536) -> None:
-        self._js, self._stream, self._subjects, self._type = js, stream, subjects, type
+        super().__init__(None, subjects, type, queue_size)  # close() and the protocol: Stream's
+        self._js, self._stream = js, stream
         self._since_ms = since_ms
-        self._queue: asyncio.Queue = asyncio.Queue(queue_size)
-        self._subs: list = []
         self._last: dict[str, tuple] = {}
-        self._closed = False
-        self.dropped = 0  # the local queue was full (a slow reader)
         self.repeats = 0  # dropped as already delivered
 
     async def start(self) -> "Replay[T]":
@@ -223,28 +221,6 @@ class Replay(Generic[T]):
             self._queue.put_nowait((msg.subject, msg.data))
         except asyncio.QueueFull:
             self.dropped += 1
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error:
-                pass
-        if self._queue.full():
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
-
-    async def __aenter__(self) -> "Replay[T]":
-        return await self.start()
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
-
-    def __aiter__(self) -> "Replay[T]":
-        return self
 
     async def __anext__(self) -> T:
         await self.start()
