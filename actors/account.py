@@ -1,9 +1,10 @@
 """Account tracking: what changed in positions, orders, deals and the account, found cheaply.
 
-The poller calls ``AccountTracker.prepare()`` before its terminal hop and
-runs the function it returns inside that hop (one hop per cycle serves ticks,
-bars and the account), then hands the result to ``absorb()``, which turns it
-into stream messages. No anyio, no NATS: the diffing is tested as tables.
+The poller puts ``AccountTracker.prepare()`` into its terminal hop's plan as
+the ``account`` step (``mt5d.daemon.terminal.hop.account``: one hop per cycle
+serves ticks, bars, books and the account, one round trip over the rpyc
+bridge), then hands the step's result to ``absorb()``, which turns it into
+stream messages. No anyio, no NATS: the diffing is tested as tables.
 
 Cheap checks first, on every cycle: ``positions_total``, ``orders_total`` and
 ``history_deals_total`` from the deal cursor's second. Details only when
@@ -24,10 +25,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from mt5d.account import AccountSnapshot, Deal, OrderEvent, PositionEvent
 from mt5d.actors.logic.history import deal_from_mt5, order_from_mt5, position_from_mt5
+from mt5d.daemon.terminal.hop import namedtuples
 from mt5d.daemon.terminal.mt5_constants import (
     DEAL_ENTRY_IN,
     DEAL_ENTRY_INOUT,
@@ -45,13 +47,12 @@ from mt5d.daemon.terminal.mt5_constants import (
     ORDER_STATE_REJECTED,
 )
 
-__all__ = ["AccountTracker", "AccountRead", "AccountView", "collect_account"]
+__all__ = ["AccountTracker", "AccountRead", "AccountView", "account_read"]
 
 _PENDING_TYPES = frozenset({ORDER_TYPE_BUY_LIMIT, ORDER_TYPE_SELL_LIMIT, ORDER_TYPE_BUY_STOP, ORDER_TYPE_SELL_STOP,
                             ORDER_TYPE_BUY_STOP_LIMIT, ORDER_TYPE_SELL_STOP_LIMIT})
 _FINAL_EVENT = {ORDER_STATE_FILLED: "filled", ORDER_STATE_CANCELED: "cancelled", ORDER_STATE_EXPIRED: "expired",
                 ORDER_STATE_REJECTED: "rejected", ORDER_STATE_PARTIAL: "cancelled"}
-HORIZON_S = 86400  # history reads end this far past the broker's now
 
 
 def _pos_key(p) -> tuple:
@@ -91,39 +92,19 @@ class AccountView:
     synced: bool
 
 
-def collect_account(api, *, now_broker_s: int, cursor: tuple[int, int] | None, window_seen: int,
-                    counts: tuple[int, int] | None, known_orders: frozenset, want_details: bool,
-                    want_account: bool) -> AccountRead:
-    """Runs on the terminal thread, inside the poll cycle's hop."""
-    pt, ot = api.positions_total(), api.orders_total()
-    read = AccountRead(positions_total=pt, orders_total=ot)
-    horizon = now_broker_s + HORIZON_S
-    if cursor is None:
-        # First start ever: what the terminal has now counts as published; deals begin after it.
-        recent = api.history_deals_get(now_broker_s - HORIZON_S, horizon)
-        read.first_cursor = max(((d.time_msc, d.ticket) for d in recent), default=((now_broker_s - HORIZON_S) * 1000, 0))
-        cursor = read.first_cursor
-    read.window_from = cursor[0] // 1000
-    n = api.history_deals_total(read.window_from, horizon)
-    read.deals_in_window = n
-    if n != window_seen:
-        deals = api.history_deals_get(read.window_from, horizon)
-        read.deals_in_window = len(deals)
-        read.new_deals = sorted((d for d in deals if (d.time_msc, d.ticket) > cursor),
-                                key=lambda d: (d.time_msc, d.ticket))
-    changed = bool(read.new_deals) or counts != (pt, ot)
-    if changed or want_details:
-        read.positions = api.positions_get()
-        read.orders = api.orders_get()
-        active = {o.ticket for o in read.orders}
-        wanted = (set(known_orders) - active) | {d.order for d in read.new_deals if d.order and d.order not in active}
-        for ticket in sorted(wanted):
-            hit = api.history_orders_get(ticket=ticket)
-            if hit:
-                read.history[ticket] = hit[0]
-    if changed or want_account:
-        read.account = api.account_info()
-    return read
+def account_read(value: dict) -> AccountRead:
+    """The hop's account step (``hop.account``: tables) as an AccountRead of namedtuples."""
+    listing = namedtuples
+    positions, orders, account = value["positions"], value["orders"], value["account"]
+    return AccountRead(
+        positions_total=value["positions_total"], orders_total=value["orders_total"],
+        new_deals=list(listing(value["new_deals"])), deals_in_window=value["deals_in_window"],
+        window_from=value["window_from"],
+        positions=None if positions is None else listing(positions),
+        orders=None if orders is None else listing(orders),
+        history={o.ticket: o for o in listing(value["history"])},
+        account=None if account is None else listing(account)[0],
+        first_cursor=value["first_cursor"])
 
 
 class AccountTracker:
@@ -147,22 +128,21 @@ class AccountTracker:
         self._off_ms = 0
         self.view = AccountView(epoch, 0, (), (), False)
 
-    def prepare(self, now: float, now_broker_s: int) -> Callable[[Any], AccountRead]:
-        """The function to run inside this cycle's terminal hop (``now``: the cycle's monotonic time)."""
+    def prepare(self, now: float, now_broker_s: int) -> tuple:
+        """This cycle's account step of the hop plan (``hop.account``; ``now``: the cycle's monotonic time)."""
         open_items = bool(self._positions or self._orders)
         want_details = not self._synced or (open_items and now - self._details_at >= self._interval)
         want_account = (now - self._account_at >= self._interval) or (now - self._published_at >= self._heartbeat)
-        args = dict(now_broker_s=now_broker_s, cursor=self.deal_cursor, window_seen=self._window_seen,
-                    counts=self._counts, known_orders=frozenset(self._orders), want_details=want_details,
-                    want_account=want_account)
-        return lambda api: collect_account(api, **args)
+        return (now_broker_s, self.deal_cursor, self._window_seen, self._counts, tuple(self._orders),
+                want_details, want_account)
 
     def _next(self) -> int:
         self.seq += 1
         return self.seq
 
-    def absorb(self, read: AccountRead, now: float, wall_ms: int, off_ms: int) -> list[tuple[str, str, Any]]:
-        """The hop's result as stream messages: (kind, symbol, struct), in publishing order."""
+    def absorb(self, value: dict, now: float, wall_ms: int, off_ms: int) -> list[tuple[str, str, Any]]:
+        """The hop's account step as stream messages: (kind, symbol, struct), in publishing order."""
+        read = account_read(value)
         out: list[tuple[str, str, Any]] = []
         self._off_ms = off_ms
         if read.first_cursor is not None and self.deal_cursor is None:

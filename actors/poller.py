@@ -167,17 +167,19 @@ class Poller:
                    if self._account is not None and now_broker_s is not None else None)
         plan = (("ticks", (symbols, cursors, FETCH_COUNT)),
                 ("rates", tuple((s, TIMEFRAMES[tf], count) for _, (s, tf), count in requests)),
-                ("books", tuple(book_symbols)))
+                ("books", tuple(book_symbols)), ("account", account))
 
         def hop(api: TerminalApi):
-            (ticks, tick_errors), (rates, rate_errors), (books, book_errors) = api.cycle(plan)[0]
+            steps = api.cycle(plan)[0]
+            (ticks, tick_errors), (rates, rate_errors), (books, book_errors), (account_read, account_errors) = steps
             # Inside the hop, so that the connection actor counts a failed terminal as a failure.
             for _, _, err in (*tick_errors, *rate_errors, *book_errors):
                 if not isinstance(err, MT5ValidationError):
                     raise err  # the terminal itself failed: the whole cycle fails
+            for _, _, err in account_errors:
+                raise err  # no symbol to blame: the account is the terminal's
             return (ticks, tick_errors, _bars(requests, rates, rate_errors),
-                    book_reads(book_symbols, books, book_errors) if book_symbols else None,
-                    account(api) if account is not None else None)
+                    book_reads(book_symbols, books, book_errors) if book_symbols else None, account_read)
 
         ticks, tick_errors, bars, reads, account_read = await self._conn.run_call(hop)
         batch = self._absorb(symbols, ticks, tick_errors, bars, wall)

@@ -53,9 +53,10 @@ def native_module() -> Any:
     return MetaTrader5
 
 
-# Runs inside the bridge: call, convert the result to plain data, and send it
-# back with last_error() as one pickled blob, so a call is one round trip and
-# nothing is walked element by element through remote references. A poll cycle
+# Runs inside the bridge: take the call's arguments pickled, call, convert the
+# result to plain data, and send it back with last_error() as one pickled blob,
+# so a call is one round trip and nothing is walked element by element through
+# remote references. A poll cycle
 # (mt5d.daemon.terminal.hop, loaded at connect) is one round trip too.
 _BRIDGE_CODE = '''
 import pickle as _p
@@ -69,8 +70,9 @@ def _mt5d_one(name, args, kwargs=()):
         d = res[0]._asdict()
         res = ("__nts__", type(res[0]).__name__, tuple(d), tuple(tuple(r) for r in res))
     return res, tuple(_mt5.last_error())
-def _mt5d_call(name, args, kwargs):
-    return _p.dumps(_mt5d_one(name, args, kwargs), protocol=4)
+def _mt5d_call(blob):
+    # Arguments by value: a dict sent as an rpyc reference is no dict to the terminal.
+    return _p.dumps(_mt5d_one(*_p.loads(blob)), protocol=4)
 def _mt5d_load(sources):
     import sys, types
     mod = types.ModuleType("_mt5d_hop")
@@ -148,7 +150,7 @@ class RpycTerminal:
         return pickle.loads(bytes(blob)), None
 
     def _invoke(self, name: str, args: tuple, kwargs: dict) -> Any:
-        answer, lost = self._round_trip("call", name, args, tuple(kwargs.items()))
+        answer, lost = self._round_trip("call", pickle.dumps((name, args, tuple(kwargs.items())), protocol=4))
         if lost is not None:
             self._last_error = lost
             return None

@@ -13,8 +13,11 @@ A cycle is a plan, ``((collector, args), ...)``. The result is one
 terminal function; an error is ``(index, symbol, function, code, description)``
 with ``code`` None for a result of the wrong type. A collector is a function
 ``(mt5, timed, args) -> (value, errors)`` in ``COLLECTORS`` (ticks, rates,
-books): another kind of poll (account totals, say) is one more entry here and
-one more step in the poller's plan, in the same hop.
+books, account): another kind of poll is one more entry here and one more step
+in the poller's plan, in the same hop. Terminal structures (positions, deals,
+the account) come back as tables ``(typename, fields, rows)``, so that no
+MetaTrader5 type has to exist where they are unpickled (``namedtuples()``
+turns them back).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as _np
 if "new_ticks" not in globals():  # inside the bridge the cursor module's source ran in this namespace first
     from mt5d.actors.logic.cursor import TickCursor, new_ticks
 
-__all__ = ["COLLECTORS", "TICK_FIELDS", "RATE_FIELDS", "run"]
+__all__ = ["COLLECTORS", "TICK_FIELDS", "RATE_FIELDS", "namedtuples", "run"]
 
 TICK_FIELDS = ("time", "bid", "ask", "last", "volume", "time_msc", "flags", "volume_real")
 RATE_FIELDS = ("time", "open", "high", "low", "close", "tick_volume", "spread", "real_volume")
@@ -207,4 +210,114 @@ def books(mt5, timed, args):
     return tuple(rows), errors
 
 
-COLLECTORS = {"ticks": ticks, "rates": rates, "books": books}
+HORIZON_S = 86400  # deal history reads end this far past the broker's now
+
+
+class _Refused(Exception):
+    """A terminal call of the account step failed: ``args`` is the error row."""
+
+
+def _table(res, function, last_error):
+    """A listing as ``(typename, fields, rows)``; None from the terminal with code 1 is empty."""
+    if res is None:
+        code, description = last_error()
+        if int(code) == 1:
+            return ("", (), ())
+        raise _Refused(function, code, description)
+    if not res:
+        return ("", (), ())
+    return (type(res[0]).__name__, tuple(res[0]._fields), tuple(tuple(r) for r in res))
+
+
+def _count(res, function, last_error):
+    if res is None:
+        raise _Refused(function, *last_error())
+    return int(res)
+
+
+def account(mt5, timed, args):
+    """Positions, orders, deals and the account (``actors/account.py`` diffs them).
+
+    ``args``: None (not this cycle) or (now_broker_s, deal cursor ``(time_msc,
+    ticket)`` or None, deals counted in the cursor's window at the last read,
+    (positions_total, orders_total) at the last read, tickets of the orders
+    known open, want_details, want_account). Cheap counts every cycle; the
+    listings only when a count changed or when asked. Value: a dict of
+    AccountRead's fields, listings as tables.
+    """
+    if args is None:
+        return None, []
+    now_broker_s, cursor, window_seen, counts, known_orders, want_details, want_account = args
+    last_error = mt5.last_error
+    t0 = _time.perf_counter()
+    try:
+        pt = _count(mt5.positions_total(), "positions_total", last_error)
+        ot = _count(mt5.orders_total(), "orders_total", last_error)
+        read = {"positions_total": pt, "orders_total": ot, "new_deals": ("", (), ()), "positions": None,
+                "orders": None, "history": ("", (), ()), "account": None, "first_cursor": None}
+        horizon = now_broker_s + HORIZON_S
+        if cursor is None:
+            # First start ever: what the terminal has now counts as published; deals begin after it.
+            recent = mt5.history_deals_get(now_broker_s - HORIZON_S, horizon)
+            if recent is None and int(last_error()[0]) != 1:
+                raise _Refused("history_deals_get", *last_error())
+            cursor = max(((d.time_msc, d.ticket) for d in recent or ()),
+                         default=((now_broker_s - HORIZON_S) * 1000, 0))
+            read["first_cursor"] = cursor
+        read["window_from"] = frm = cursor[0] // 1000
+        n = read["deals_in_window"] = _count(mt5.history_deals_total(frm, horizon), "history_deals_total",
+                                             last_error)
+        new_deals = []
+        if n != window_seen:
+            deals = mt5.history_deals_get(frm, horizon)
+            if deals is None and int(last_error()[0]) != 1:
+                raise _Refused("history_deals_get", *last_error())
+            deals = deals or ()
+            read["deals_in_window"] = len(deals)
+            new_deals = sorted((d for d in deals if (d.time_msc, d.ticket) > cursor),
+                               key=lambda d: (d.time_msc, d.ticket))
+            read["new_deals"] = _table(new_deals, "history_deals_get", last_error)
+        changed = bool(new_deals) or counts != (pt, ot)
+        if changed or want_details:
+            read["positions"] = _table(mt5.positions_get(), "positions_get", last_error)
+            orders = mt5.orders_get()
+            read["orders"] = _table(orders, "orders_get", last_error)
+            active = {o.ticket for o in orders or ()}
+            wanted = (set(known_orders) - active) | {d.order for d in new_deals if d.order and d.order not in active}
+            history = []
+            for ticket in sorted(wanted):
+                hit = mt5.history_orders_get(ticket=ticket)
+                if hit is None and int(last_error()[0]) != 1:
+                    raise _Refused("history_orders_get", *last_error())
+                if hit:
+                    history.append(hit[0])
+            read["history"] = _table(history, "history_orders_get", last_error)
+        if changed or want_account:
+            info = mt5.account_info()
+            if info is None:
+                raise _Refused("account_info", *last_error())
+            read["account"] = (type(info).__name__, tuple(info._fields), (tuple(info),))
+    except _Refused as refused:
+        return None, [(0, "", *refused.args)]
+    finally:
+        timed("account", _time.perf_counter() - t0)
+    return read, []
+
+
+_TYPES: dict = {}
+
+
+def namedtuples(table) -> tuple:
+    """A table ``(typename, fields, rows)`` as namedtuples (one class per typename and fields)."""
+    typename, fields, rows = table
+    if not rows:
+        return ()
+    cls = _TYPES.get((typename, fields))
+    if cls is None:
+        from collections import namedtuple
+
+        cls = _TYPES[(typename, fields)] = namedtuple(typename, fields)
+    return tuple(cls(*r) for r in rows)
+
+
+COLLECTORS = {"ticks": ticks, "rates": rates, "books": books, "account": account}

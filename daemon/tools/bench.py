@@ -778,7 +778,7 @@ def phase_calls(calls: int = 2000) -> dict:
         for i in range(max(50, calls // 20)):
             now = time.monotonic()
             t0 = time.perf_counter()
-            read = tracker.prepare(now, int(time.time()) + off)(api)
+            (read, _), = api.cycle((("account", tracker.prepare(now, int(time.time()) + off)),))[0]
             tracker.absorb(read, now, int(time.time() * 1000), off * 1000)
             samples.append(time.perf_counter() - t0)
             time.sleep(0.01)

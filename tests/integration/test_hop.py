@@ -24,6 +24,16 @@ SYMBOLS = ("EURUSD", "EURUSD.m", "#AAPL", "XAUUSD")
 SIM = dict(seed=5, ticks_per_second=50.0)
 
 
+class CountingRpyc(RpycTerminal):
+    """The rpyc backend, counting its round trips into the bridge."""
+
+    trips = 0
+
+    def _round_trip(self, which, *args):
+        self.trips += 1
+        return super()._round_trip(which, *args)
+
+
 @pytest.fixture(params=["sim", "rpyc"])
 def backend(request):
     if request.param == "sim":
@@ -32,7 +42,7 @@ def backend(request):
         return
     bridge = RpycBridge(**SIM)
     try:
-        yield RpycTerminal("127.0.0.1", bridge.port, request_timeout=30.0), bridge
+        yield CountingRpyc("127.0.0.1", bridge.port, request_timeout=30.0), bridge
     finally:
         bridge.stop()
 
@@ -142,3 +152,47 @@ def test_books_come_back_as_plain_entries_and_a_symbol_without_depth_is_refused(
     assert i == 0 and msc <= api.symbol_info_tick("XAUUSD").time_msc
     assert entries and all(type(e) is tuple and len(e) == 4 for e in entries)
     assert {e[0] for e in entries} <= {1, 2, 3, 4}  # BOOK_TYPE_SELL, _BUY, _SELL_MARKET, _BUY_MARKET
+
+
+def held(p) -> tuple:
+    """A position without what moves with the price."""
+    return tuple(v for f, v in p._asdict().items() if f not in ("price_current", "profit", "swap"))
+
+
+def test_the_account_is_read_in_the_same_hop_and_comes_back_as_the_terminals_structures(backend):
+    from mt5d.actors.account import account_read
+
+    module = backend[0]
+    api = connected(module)
+    for side in (0, 1):
+        assert module.order_send({"action": 1, "symbol": "EURUSD", "type": side, "volume": 0.1}).retcode == 10009
+    now_s = api.symbol_info_tick("EURUSD").time  # broker seconds
+    plan = (("ticks", (SYMBOLS, (None,) * len(SYMBOLS), 10_000)), ("rates", (("EURUSD", TIMEFRAMES["M1"], 2),)),
+            ("books", ()), ("account", (now_s, None, -1, None, (), True, True)))
+    trips = getattr(module, "trips", 0)
+    steps, _ = api.cycle(plan)
+    if isinstance(module, CountingRpyc):
+        assert module.trips == trips + 1  # ticks, bars and the account: one round trip
+    value, errors = steps[3]
+    assert errors == []
+    read = account_read(value)
+    positions = api.positions_get()
+    assert [held(p) for p in read.positions] == [held(p) for p in positions]
+    assert [p._fields for p in read.positions] == [p._fields for p in positions]
+    assert type(read.positions[0]).__name__ == "TradePosition"
+    assert read.positions_total == 2 and read.orders == () and read.new_deals == []  # the first start: a baseline
+    info = api.account_info()
+    assert (read.account.login, read.account.balance, read.account.leverage) == (info.login, info.balance,
+                                                                                 info.leverage)
+    newest = api.history_deals_get(now_s - 86400, now_s + 86400)[-1]
+    assert read.first_cursor == (newest.time_msc, newest.ticket)
+    # A deal after the cursor comes back whole, with its order from the history.
+    assert module.order_send({"action": 1, "symbol": "EURUSD", "type": 1, "volume": 0.1,
+                              "position": positions[0].ticket}).retcode == 10009
+    args = (now_s, read.first_cursor, read.deals_in_window, (2, 0), (), False, False)
+    (value, errors), = api.cycle((("account", args),))[0]
+    read = account_read(value)
+    closing = api.history_deals_get(now_s - 86400, now_s + 86400)[-1]
+    assert errors == [] and read.new_deals == [closing]
+    assert [held(p) for p in read.positions] == [held(p) for p in api.positions_get()]
+    assert read.history[closing.order] == api.history_orders_get(ticket=closing.order)[0]

@@ -39,6 +39,13 @@ class Counting:
         return call
 
 
+def account_step(api, args):
+    """The poll hop's account step alone (as the poller runs it, in one ``cycle``)."""
+    (value, errors), = api.cycle((("account", args),))[0]
+    assert not errors, errors
+    return value
+
+
 def setup(**kw):
     clk = Clock()
     sim = SimTerminal(clock=clk, **kw)
@@ -53,8 +60,8 @@ def setup(**kw):
         state["now"] += dt
         counting.calls.clear()
         off_ms = sim.utc_offset_seconds(clk.t) * 1000
-        fn = tr.prepare(state["now"], int(clk.t) + off_ms // 1000)
-        return [(k, getattr(m, "event", "")) for k, _, m in tr.absorb(fn(api), state["now"], int(clk.t * 1000), off_ms)]
+        read = account_step(api, tr.prepare(state["now"], int(clk.t) + off_ms // 1000))
+        return [(k, getattr(m, "event", "")) for k, _, m in tr.absorb(read, state["now"], int(clk.t * 1000), off_ms)]
 
     cycle()  # first sync: a baseline, no events
     return sim, tr, cycle, counting
@@ -145,7 +152,8 @@ def test_restart_resumes_deals_from_the_cursor():
     market(sim)
     again = AccountTracker(interval=0.25, heartbeat=10.0, epoch=2, deal_cursor=cursor)
     off = sim.utc_offset_seconds(sim._clock()) * 1000
-    out = again.absorb(again.prepare(100.0, int(sim._clock()) + off // 1000)(TerminalApi(sim)), 100.0, 0, off)
+    out = again.absorb(account_step(TerminalApi(sim), again.prepare(100.0, int(sim._clock()) + off // 1000)),
+                       100.0, 0, off)
     deals = [m for k, _, m in out if k == "deal"]
     assert [d.ticket for d in deals] == [d.ticket for d in sim.history_deals_get(0, 2**40)[-2:]]
     assert all(k not in ("position", "order") for k, _, _ in out)  # the first sync is a baseline
