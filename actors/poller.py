@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from mt5d.actors.books import Books, book_reads
 from mt5d.actors.logic.bars import CandleTracker, bar_end, bar_start
-from mt5d.actors.logic.history import candles_from_rates, ticks_from_rows
+from mt5d.actors.logic.history import candles_from_rates, tick_rows, ticks_from_rows
 from mt5d.actors.connection import Connection
 from mt5d.actors.logic.cursor import TickCursor
 from mt5d.actors.messages import Batch
@@ -228,7 +228,7 @@ class Poller:
         off = self.utc.offset_ms
         out = batch.ticks
         pos = 0
-        fetched = arr.tolist() if arr is not None else []
+        fetched = tick_rows(arr) if arr is not None else []
         for i, n, last_msc, seen, is_start in rows:
             symbol = symbols[i]
             before = self._plan_cursors[i]
