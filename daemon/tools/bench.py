@@ -711,6 +711,90 @@ async def phase_failover(url: str, kills: int = 5) -> dict:
     }
 
 
+# ---- one poll cycle, taken apart --------------------------------------------------------
+async def phase_cycle(cycles: int = 300, runs: int = 7) -> dict:
+    """Where a poll cycle's CPU goes, without the noise of a shared machine: 50 symbols at
+    200 ticks/s each, the sim on a virtual clock stepped 10 ms a cycle (every run does the
+    same work), the real Poller, Connection (its terminal thread inline) and Publisher
+    (``_messages`` on an unconnected client: the PUB lines of the batch). Min over ``runs``
+    of the µs per cycle: the whole cycle, of it inside the terminal's functions, and the
+    batch's PUB lines; then one ``run_call`` round trip through a real terminal thread."""
+    from types import SimpleNamespace
+
+    import nats
+
+    from mt5d.actors.account import AccountTracker
+    from mt5d.actors.connection import Connection, Credentials
+    from mt5d.actors.logic.breaker import BreakerPolicy
+    from mt5d.actors.logic.utc import UtcOffset
+    from mt5d.actors.poller import Poller
+    from mt5d.actors.prices import PriceCache
+    from mt5d.actors.publisher import Publisher
+    from mt5d.codec import Codec
+    from mt5d.daemon.terminal.sim import SimTerminal, synthetic_symbols
+    from mt5d.daemon.terminal.thread import TerminalThread
+    from mt5d.subjects import Subjects
+
+    async def one(inline: bool) -> SimpleNamespace:
+        clock = [float(int(time.time()))]
+        symbols = list(synthetic_symbols(SYMBOLS_50))
+        sim = SimTerminal(seed=7, ticks_per_second=200.0, symbols=symbols, clock=lambda: clock[0])
+        timed = _TimedTerminal(sim)
+        changes, changes_rx = anyio.create_memory_object_stream(1000)
+        conn = Connection(module=timed, credentials=Credentials(0, None, "", ""),
+                          symbols=tuple(s.name for s in symbols), policy=BreakerPolicy(), connection_timeout=5.0,
+                          operation_timeout=5.0, events=changes, thread=TerminalThread(inline=inline))
+        out, batches = anyio.create_memory_object_stream(cycles + 100)
+        poller = Poller(conn=conn, timeframes=("M1",), out=out, prices=PriceCache(), utc=UtcOffset(7200),
+                        poll_interval=0.01, idle_interval=0.25, wall_clock=lambda: clock[0],
+                        account=AccountTracker(interval=0.25, heartbeat=10.0, epoch=1))
+        _, health = anyio.create_memory_object_stream(1)
+        publisher = Publisher(nc=nats.NATS(), subjects=Subjects("mt5", ACCOUNT), codec=Codec("json"),
+                              batches=batches, health=health)
+        got = SimpleNamespace(cycle=0.0, terminal=0.0, messages=0.0, ticks=0, hop=0.0)
+        async with anyio.create_task_group() as tg:
+            await tg.start(conn.run)
+            if not inline:  # the thread hop alone: a no-op call through a real terminal thread
+                noop = lambda api: None  # noqa: E731
+                for _ in range(50):
+                    await conn.run_call(noop)
+                c0 = time.process_time()
+                for _ in range(cycles):
+                    await conn.run_call(noop)
+                got.hop = (time.process_time() - c0) / cycles
+                tg.cancel_scope.cancel()
+                return got
+            for _ in range(20):  # warm up: cursors and bar trackers in place
+                clock[0] += 0.01
+                await poller.cycle()
+            per_call, inside = _TimedTerminal.overhead()
+            for _ in range(cycles):
+                clock[0] += 0.01
+                t0, n0, c0 = timed.cpu_seconds, timed.calls, time.thread_time()
+                batch = await poller.cycle()
+                c1 = time.thread_time()
+                publisher._messages(batch)
+                got.messages += time.thread_time() - c1
+                calls = timed.calls - n0  # without the bench's own counting (see _TimedTerminal)
+                got.cycle += c1 - c0 - calls * per_call
+                got.terminal += timed.cpu_seconds - t0 - calls * inside
+                got.ticks += len(batch.ticks)
+            tg.cancel_scope.cancel()
+        return got
+
+    runs_ = [await one(True) for _ in range(runs)]
+    hops = [(await one(False)).hop for _ in range(3)]
+    us = lambda v: round(v / cycles * 1e6, 1)  # noqa: E731
+    return {
+        "cycle_ticks": round(runs_[0].ticks / cycles, 1),
+        "cycle_us": min(us(r.cycle) for r in runs_),
+        "cycle_terminal_us": min(us(r.terminal) for r in runs_),
+        "cycle_own_us": min(us(r.cycle - r.terminal) for r in runs_),
+        "cycle_messages_us": min(us(r.messages) for r in runs_),
+        "run_call_thread_us": round(min(hops) * 1e6, 1),
+    }
+
+
 # ---- terminal call costs ------------------------------------------------------------
 def phase_calls(calls: int = 2000) -> dict:
     """One terminal call (symbol_info_tick) and one 50-symbol poll cycle, per backend."""
@@ -855,6 +939,7 @@ async def run_bench(quick: bool, soak: float) -> dict:
             results.update(await phase_completeness(server, 30 * scale))
             results.update(await phase_failover(server.url, 2 if quick else 5))
             results.update(phase_calls(500 if quick else 2000))
+            results.update(await phase_cycle(100 if quick else 300))
         finally:
             server.stop()
     return results
@@ -916,6 +1001,10 @@ def _table(r: dict) -> str:
         ("account tracking µs per cycle, median / mean: quiet, sim", r["sim_account_quiet_us"]),
         ("account tracking µs per cycle, median / mean: quiet, rpyc", r.get("rpyc_account_quiet_us", "-")),
         ("account tracking µs per cycle, median / mean: 10 positions, sim", r["sim_account_10pos_us"]),
+        (f'one poll cycle, virtual clock (50 symbols, {r["cycle_ticks"]} ticks): µs whole / in terminal functions'
+         ' / own', f'{r["cycle_us"]} / {r["cycle_terminal_us"]} / {r["cycle_own_us"]} (min of 7)'),
+        ("the cycle's PUB lines µs / a run_call round trip through the terminal thread µs (process CPU)",
+         f'{r["cycle_messages_us"]} / {r["run_call_thread_us"]}'),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
