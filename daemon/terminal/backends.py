@@ -56,8 +56,8 @@ def native_module() -> Any:
 # Runs inside the bridge: take the call's arguments pickled, call, convert the
 # result to plain data, and send it back with last_error() as one pickled blob,
 # so a call is one round trip and nothing is walked element by element through
-# remote references. A poll cycle
-# (mt5d.daemon.terminal.hop, loaded at connect) is one round trip too.
+# remote references. A poll cycle (mt5d.daemon.terminal.hop, loaded at connect)
+# is one round trip too.
 _BRIDGE_CODE = '''
 import pickle as _p
 import MetaTrader5 as _mt5

@@ -217,22 +217,11 @@ class _Refused(Exception):
     """A terminal call of the account step failed: ``args`` is the error row."""
 
 
-def _table(res, function, last_error):
-    """A listing as ``(typename, fields, rows)``; None from the terminal with code 1 is empty."""
-    if res is None:
-        code, description = last_error()
-        if int(code) == 1:
-            return ("", (), ())
-        raise _Refused(function, code, description)
-    if not res:
+def _table(rows) -> tuple:
+    """Terminal structures as ``(typename, fields, rows)`` (see ``namedtuples``)."""
+    if not rows:
         return ("", (), ())
-    return (type(res[0]).__name__, tuple(res[0]._fields), tuple(tuple(r) for r in res))
-
-
-def _count(res, function, last_error):
-    if res is None:
-        raise _Refused(function, *last_error())
-    return int(res)
+    return (type(rows[0]).__name__, tuple(rows[0]._fields), tuple(tuple(r) for r in rows))
 
 
 def account(mt5, timed, args):
@@ -248,59 +237,57 @@ def account(mt5, timed, args):
     if args is None:
         return None, []
     now_broker_s, cursor, window_seen, counts, known_orders, want_details, want_account = args
-    last_error = mt5.last_error
-    t0 = _time.perf_counter()
+    clock = _time.perf_counter
+
+    def call(function, *a, listing=False, **kw):
+        """One terminal call, timed; a failure raises ``_Refused`` (None with code 1 is an
+        empty listing: the terminal's "nothing found")."""
+        t0 = clock()
+        res = getattr(mt5, function)(*a, **kw)
+        timed(function, clock() - t0)
+        if res is None:
+            code, description = mt5.last_error()
+            if listing and int(code) == 1:
+                return ()
+            raise _Refused(function, code, description)
+        return res
+
     try:
-        pt = _count(mt5.positions_total(), "positions_total", last_error)
-        ot = _count(mt5.orders_total(), "orders_total", last_error)
-        read = {"positions_total": pt, "orders_total": ot, "new_deals": ("", (), ()), "positions": None,
-                "orders": None, "history": ("", (), ()), "account": None, "first_cursor": None}
+        pt, ot = int(call("positions_total")), int(call("orders_total"))
+        read = {"positions_total": pt, "orders_total": ot, "new_deals": _table(()), "positions": None,
+                "orders": None, "history": _table(()), "account": None, "first_cursor": None}
         horizon = now_broker_s + HORIZON_S
         if cursor is None:
             # First start ever: what the terminal has now counts as published; deals begin after it.
-            recent = mt5.history_deals_get(now_broker_s - HORIZON_S, horizon)
-            if recent is None and int(last_error()[0]) != 1:
-                raise _Refused("history_deals_get", *last_error())
-            cursor = max(((d.time_msc, d.ticket) for d in recent or ()),
-                         default=((now_broker_s - HORIZON_S) * 1000, 0))
+            recent = call("history_deals_get", now_broker_s - HORIZON_S, horizon, listing=True)
+            cursor = max(((d.time_msc, d.ticket) for d in recent), default=((now_broker_s - HORIZON_S) * 1000, 0))
             read["first_cursor"] = cursor
         read["window_from"] = frm = cursor[0] // 1000
-        n = read["deals_in_window"] = _count(mt5.history_deals_total(frm, horizon), "history_deals_total",
-                                             last_error)
+        n = read["deals_in_window"] = int(call("history_deals_total", frm, horizon))
         new_deals = []
         if n != window_seen:
-            deals = mt5.history_deals_get(frm, horizon)
-            if deals is None and int(last_error()[0]) != 1:
-                raise _Refused("history_deals_get", *last_error())
-            deals = deals or ()
+            deals = call("history_deals_get", frm, horizon, listing=True)
             read["deals_in_window"] = len(deals)
             new_deals = sorted((d for d in deals if (d.time_msc, d.ticket) > cursor),
                                key=lambda d: (d.time_msc, d.ticket))
-            read["new_deals"] = _table(new_deals, "history_deals_get", last_error)
+            read["new_deals"] = _table(new_deals)
         changed = bool(new_deals) or counts != (pt, ot)
         if changed or want_details:
-            read["positions"] = _table(mt5.positions_get(), "positions_get", last_error)
-            orders = mt5.orders_get()
-            read["orders"] = _table(orders, "orders_get", last_error)
-            active = {o.ticket for o in orders or ()}
+            read["positions"] = _table(call("positions_get", listing=True))
+            orders = call("orders_get", listing=True)
+            read["orders"] = _table(orders)
+            active = {o.ticket for o in orders}
             wanted = (set(known_orders) - active) | {d.order for d in new_deals if d.order and d.order not in active}
             history = []
             for ticket in sorted(wanted):
-                hit = mt5.history_orders_get(ticket=ticket)
-                if hit is None and int(last_error()[0]) != 1:
-                    raise _Refused("history_orders_get", *last_error())
+                hit = call("history_orders_get", ticket=ticket, listing=True)
                 if hit:
                     history.append(hit[0])
-            read["history"] = _table(history, "history_orders_get", last_error)
+            read["history"] = _table(history)
         if changed or want_account:
-            info = mt5.account_info()
-            if info is None:
-                raise _Refused("account_info", *last_error())
-            read["account"] = (type(info).__name__, tuple(info._fields), (tuple(info),))
+            read["account"] = _table((call("account_info"),))
     except _Refused as refused:
         return None, [(0, "", *refused.args)]
-    finally:
-        timed("account", _time.perf_counter() - t0)
     return read, []
 
 
