@@ -33,12 +33,14 @@ def anyio_backend():
 def scripted_sim() -> tuple[SimTerminal, list[dict]]:
     sim = SimTerminal(seed=7, ticks_per_second=8.0, clock=time.time)
     # Levels the sim's prices will reach (its ticks are a pure function of time): the first
-    # start from 3 s on where the EURUSD bid falls below its level after the SL is set and
-    # the GBPUSD ask dips after the limit is placed.
-    for t0 in [3.0 + 0.5 * i for i in range(40)]:
-        sl, bid_then = future_level(sim, "EURUSD", "bid_min", t0 + 2, t0 + 9)
+    # start from 3 s on where the EURUSD bid falls to the SL 2 s or more after the SL is set
+    # (an SL hit at once is a modification that lives between two looks: polling cannot
+    # see it, whatever the machine) and the GBPUSD ask dips after the limit is placed.
+    for t0 in [3.0 + 0.5 * i for i in range(80)]:
+        sl, _ = future_level(sim, "EURUSD", "bid_min", t0 + 4, t0 + 9)
+        early, bid_then = future_level(sim, "EURUSD", "bid_min", t0 + 2, t0 + 4)
         limit, ask_then = future_level(sim, "GBPUSD", "ask_min", t0 + 2.5, t0 + 9)
-        if sl < bid_then and limit < ask_then:
+        if sl < bid_then and sl < early and limit < ask_then:
             break
     else:
         raise AssertionError("no 20 s stretch where the sim's prices suit the script")
@@ -178,8 +180,10 @@ async def test_scripted_trades_stream_once_in_order_and_match_the_sim(nats_url):
 
 async def test_health_carries_the_terminals_trade_allowed_connected_and_ping(nats_url):
     acct_id = unique_account("hl")
+    # A quiet account sends a snapshot each heartbeat: the first may go out before the
+    # subscription below, so the next must come well within the wait.
     cfg = make_config(nats_url, acct_id, stream={"symbols": ["EURUSD"], "timeframes": []},
-                      terminal={"sim": {"trade_allowed": False}})
+                      terminal={"sim": {"trade_allowed": False}}, account={"heartbeat": 1.0})
     col = await AccountCollector(acct_id).start(nats_url)
     try:
         async with running(Daemon(cfg)):
