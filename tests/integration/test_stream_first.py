@@ -1,10 +1,14 @@
 """History requests never stall the live stream: a burst of 7 maximal ``candles`` and 7
 maximal ``ticks`` requests against a real ``mt5d run`` at the default poll interval; the
 tick stream keeps flowing (largest gap between ticks received <= 250 ms) and every request
-is answered, with data or a 503 busy, within its timeout."""
+is answered (data, 503 busy, or 504 when the daemon's own deadline passed) within its timeout."""
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import time
 
 import anyio
@@ -46,6 +50,31 @@ account = "{account}"
 """
 
 
+# The judging subscriber runs in a process of its own: in the test's process its callbacks
+# would wait behind the parsing of the burst's megabytes of replies (seen under load: a
+# 277 ms "gap" that was the test's own event loop, not the stream).
+SUBSCRIBER = r"""
+import asyncio, json, signal, sys, time
+import nats
+
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    arrivals = []
+    async def on_tick(msg):
+        arrivals.append(time.monotonic())
+    await nc.subscribe(sys.argv[2], cb=on_tick, pending_msgs_limit=10_000_000, pending_bytes_limit=-1)
+    await nc.flush()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    await nc.close()
+    print(json.dumps(arrivals), flush=True)
+
+asyncio.run(main())
+"""
+
+
 async def test_history_burst_keeps_the_tick_stream_flowing(nats_url, tmp_path):
     account = unique_account("burst")
     cfg = tmp_path / "config.toml"
@@ -65,6 +94,9 @@ async def test_history_burst_keeps_the_tick_stream_flowing(nats_url, tmp_path):
     await sub_nc.subscribe(f"mt5.{account}.tick.>", cb=on_tick, pending_msgs_limit=10_000_000,
                            pending_bytes_limit=-1)
     await sub_nc.flush()
+    judge = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, nats_url, f"mt5.{account}.tick.>"],
+                             stdout=subprocess.PIPE, text=True)
+    assert judge.stdout.readline().strip() == "ready"
     daemon = CliProcess(cfg, tmp_path / "mt5d.log")
     try:
         # Streaming, and the broker clock offset known (history requests need it).
@@ -90,23 +122,29 @@ async def test_history_burst_keeps_the_tick_stream_flowing(nats_url, tmp_path):
             answers.append((endpoint, (msg.headers or {}).get(ERROR_CODE_HEADER, "200"), len(msg.data)))
 
         t0 = time.monotonic()
-        first = len(arrivals)
         async with anyio.create_task_group() as tg:
             for endpoint, payload in requests:
                 tg.start_soon(ask, endpoint, payload)
         t1 = time.monotonic()
-        # The stream goes on after the burst (the gap to the window's end is judged too).
-        await eventually(lambda: arrivals[-1] > t1, timeout=5)
+        # The stream goes on after the burst (the gap to the window's end is judged too; a
+        # second of it, so the judge has its first tick after the burst as well).
+        await eventually(lambda: arrivals[-1] > t1 + 1.0, timeout=10)
     finally:
         assert daemon.stop() == 0
+        judge.send_signal(signal.SIGTERM)
+        out, _ = judge.communicate(timeout=30)
         await nc.close()
         await sub_nc.close()
+    arrivals = json.loads(out.strip().splitlines()[-1])  # the judge's, on the same monotonic clock
 
-    assert sorted(status for _, status, _ in answers) and all(s in ("200", "503") for _, s, _ in answers), answers
+    statuses = sorted(status for _, status, _ in answers)
+    # Data, busy (not started within half its deadline), or, on an overloaded machine, the
+    # daemon's own deadline passed while it read: each an answer, never silence.
+    assert statuses and set(statuses) <= {"200", "503", "504"}, statuses
     assert len(answers) == len(requests)
     served = [a for a in answers if a[1] == "200"]
     assert served, "every request was refused"
-    window = [t0] + [a for a in arrivals[first:] if a <= t1] + [min(a for a in arrivals if a > t1)]
+    window = [t0] + [a for a in arrivals if t0 < a <= t1] + [min(a for a in arrivals if a > t1)]
     gap_ms = max(b - a for a, b in zip(window, window[1:])) * 1000
     print(f"burst of {len(requests)} requests answered in {t1 - t0:.2f} s "
           f"({len(served)} with data, {len(answers) - len(served)} busy); "
