@@ -33,8 +33,11 @@ log = logging.getLogger("mt5d.lease")
 
 KEY = "leader"
 DEADLINE_SHARE = 0.75  # of the TTL after a renewal was sent: the leader's own deadline
+# What a cluster in an election (or a node going away) answers: try again, never crash the actor.
+# (nats-py turns "no responders" of a KV write into NoStreamResponseError; uncaught, it crashed the
+# lease actor at every KV leader election, and a storm of them would spend the restart budget.)
 _TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
-              nats.js.errors.ServiceUnavailableError, TimeoutError, OSError)
+              nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError, TimeoutError, OSError)
 
 
 class Lease:
