@@ -217,7 +217,9 @@ def future_level(sim, symbol: str, side: str, after: float, until: float) -> tup
     field, fn = side.split("_")
     then = SimTerminal(seed=sim.seed, ticks_per_second=sim.ticks_per_second, clock=lambda: sim.start + after)
     then.initialize()
-    return float(getattr(np, fn)(ticks[field])), float(getattr(then.symbol_info_tick(symbol), field))
+    at = float(getattr(then.symbol_info_tick(symbol), field))
+    # No tick in the window (a quiet stretch): the price stays where it was at ``after``.
+    return (float(getattr(np, fn)(ticks[field])) if len(ticks) else at), at
 
 
 async def stored_ticks(js, stream: str, subject: str) -> list[tuple[int, int, float, float]]:
