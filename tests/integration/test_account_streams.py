@@ -61,7 +61,7 @@ def scripted_sim() -> tuple[SimTerminal, list[dict]]:
 
 async def test_scripted_trades_stream_once_in_order_and_match_the_sim(nats_url):
     acct_id = unique_account("acct")
-    sim, _ = scripted_sim()
+    sim, script = scripted_sim()
     cfg = make_config(nats_url, acct_id, stream={"symbols": ["EURUSD", "GBPUSD", "USDJPY"], "timeframes": [],
                                                  "poll_interval": POLL, "idle_poll_interval": POLL},
                       **{"account": {"interval": 0.2, "heartbeat": 2.0}})
@@ -90,10 +90,13 @@ async def test_scripted_trades_stream_once_in_order_and_match_the_sim(nats_url):
     try:
         async with running(daemon), anyio.create_task_group() as checker:
             checker.start_soon(replies_equal_the_sim_after_each_event)
-            # Until every scripted trade happened and the SL and the limit fired.
+            # Until every scripted trade happened and the SL and the limit fired: both by t0 + 9 s
+            # of sim time, and t0 (found by the search above) may be up to 43 s in, so the bound
+            # counts from the script, not from now (a fixed 30 s ran out when t0 came late).
+            last_at = sim.start + script[0]["at"] + 9
             await col.wait_for(lambda: sum(1 for e in col.of("position") if e.event == "closed") >= 2
                                and any(e.event == "filled" and e.order.type == C.ORDER_TYPE_BUY_LIMIT
-                                       for e in col.of("order")), timeout=30)
+                                       for e in col.of("order")), timeout=max(0.0, last_at - time.time()) + 20)
             await col.wait_for(lambda: col.of("account") and col.of("account")[-1].positions == sim.positions_total(),
                                timeout=5)
             view = daemon.tracker.view
