@@ -8,6 +8,17 @@ for their ack; an ack that says "error" or does not come within
 stored already). Core subscribers receive the same subjects as before: a
 stored publish is an ordinary publish with a reply subject.
 
+Stored messages form a chain: each carries ``Nats-Expected-Last-Msg-Id``, the
+identity of the stored message sent before it, so the stream takes them only
+in order. Publishes are pipelined, and when one fails (a node dies, the stream
+elects a leader) the ones after it would otherwise be stored first, and the
+failed one sent again behind them: seen as a tick stored after three newer
+ones. With the chain, those after a failed one are refused too ("wrong last
+msg ID") and all are sent again in their first order, each with its first
+expectation; the server drops duplicates before it checks the expectation. A
+chain starts without an expectation: at the first send, and after a
+reconnect, where the oldest unconfirmed batch goes first.
+
 The forming bar and the book are snapshots: published without a reply (the
 last-value stream captures the forming bar), never awaited.
 """
@@ -42,6 +53,17 @@ class Stored(NamedTuple):
     msg_id: str | None  # None: not stored, not awaited (the forming bar)
 
 
+class _Out(NamedTuple):
+    """A stored message as sent: its place in the chain (a resend keeps both)."""
+
+    order: int  # first-send order
+    msg: Stored
+    expect: str | None  # Nats-Expected-Last-Msg-Id: the stored message sent before it
+
+
+WRONG_LAST_MSG_ID = b'"err_code":10070'
+
+
 class StoredAcks:
     """Publish-and-ack bookkeeping of one connection; owned by the Publisher."""
 
@@ -56,9 +78,12 @@ class StoredAcks:
         self._candles = "candle" in kinds
         self._max = max_in_flight
         self._timeout = ack_timeout
-        self._pending: dict[int, tuple[Stored, float]] = {}  # token -> (message, sent at)
-        self._refused: list[Stored] = []
+        self._pending: dict[int, tuple[_Out, float]] = {}  # token -> (message, sent at)
+        self._refused: list[_Out] = []
         self._next = 0
+        self._order = 0
+        self._tail: str | None = None  # the chain's newest identity (None: the next one starts a chain)
+        self._acked: set[str] = set()  # identities stored since nothing was last outstanding
         self._inbox = ""
         self._inbox_b = b""
         self._broken = False
@@ -103,27 +128,39 @@ class StoredAcks:
 
     async def send(self, msgs: list[Stored]) -> None:
         """Publish, within the in-flight bound (waits for acks to make room)."""
+        out = []
+        for m in msgs:  # the chain: each stored message expects the one before it
+            if m.msg_id is not None:
+                self._order += 1
+                out.append(_Out(self._order, m, self._tail))
+                self._tail = m.msg_id
+            else:
+                out.append(_Out(0, m, None))
+        await self._send(out)
+
+    async def _send(self, out: list[_Out]) -> None:
         i = 0
-        while i < len(msgs):
+        while i < len(out):
             room = self._max - len(self._pending)
             if room <= 0:
                 await self._wait(lambda: len(self._pending) < self._max)
                 continue
-            await self._write(msgs[i:i + room])
+            await self._write(out[i:i + room])
             i += room
 
     async def settle(self) -> None:
         """Return once everything sent is stored; refused and timed-out messages are sent again."""
         while self._pending or self._refused:
             if self._refused:
-                again, self._refused = self._refused, []
+                again, self._refused = sorted(self._refused), []  # in their first order
                 log.warning("messages refused by JetStream; sending them again",
                             extra={"messages": len(again)})
                 await anyio.sleep(0.2)  # not a hot loop against a stream that refuses for a while
                 self.resent += len(again)
-                await self.send(again)
+                await self._send(again)
             if self._pending:
                 await self._wait(lambda: not self._pending or bool(self._refused))
+        self._acked.clear()  # nothing outstanding: no expectation refers to these any more
 
     def on_disconnected(self) -> None:
         """Acks of what is pending may never come: whoever waits for them gives up now."""
@@ -134,6 +171,7 @@ class StoredAcks:
         """Before the publisher sends every unconfirmed batch again: forget what was pending."""
         self._pending.clear()
         self._refused.clear()
+        self._tail = None  # a new chain: the oldest unconfirmed batch goes first
         self._broken = False
 
     async def _wait(self, done) -> None:
@@ -170,17 +208,23 @@ class StoredAcks:
         entry = self._pending.pop(token, None)
         if entry is None:
             return  # an ack for a message already given up on (it was sent again)
-        data = msg.data
+        out, data = entry[0], msg.data
         if not data or b'"error"' in data:  # no data: a 503 status (no stream took it)
-            self._refused.append(entry[0])
-        elif b'"duplicate":true' in data:
-            self.duplicates += 1
+            if WRONG_LAST_MSG_ID in data and out.expect in self._acked:
+                # Its predecessor is stored, yet another message came between (a fenced leader's
+                # late one): start a chain here rather than refuse it forever.
+                out = out._replace(expect=None)
+            self._refused.append(out)
         else:
-            self.stored += 1
+            self._acked.add(out.msg.msg_id)
+            if b'"duplicate":true' in data:
+                self.duplicates += 1
+            else:
+                self.stored += 1
         if not self._pending or len(self._pending) == self._max - 1 or self._refused:
             self._poke()
 
-    async def _write(self, msgs: list[Stored]) -> None:
+    async def _write(self, msgs: list[_Out]) -> None:
         nc = self._nc
         if self._fence is not None and not self._fence():
             raise NotLeading
@@ -189,14 +233,15 @@ class StoredAcks:
         now = anyio.current_time()
         inbox, inbox_b, lease = self._inbox, self._inbox_b, self.lease
         if not self._fast:
-            for m in msgs:
-                reply = ""
-                headers = {}
+            for out in msgs:
+                m, reply, headers = out.msg, "", {}
                 if m.msg_id is not None:
                     self._next += 1
-                    self._pending[self._next] = (m, now)
+                    self._pending[self._next] = (out, now)
                     reply = f"{inbox}.{self._next}"
                     headers["Nats-Msg-Id"] = m.msg_id
+                    if out.expect is not None:
+                        headers["Nats-Expected-Last-Msg-Id"] = out.expect
                 if lease:
                     k, _, v = lease.decode().strip().partition(": ")
                     headers[k] = v
@@ -204,7 +249,8 @@ class StoredAcks:
             return
         # One write into nats-py's buffer: the HPUB lines publish() would write, minus its per-call cost.
         cache, parts, n = self._subject_bytes, [], self._next
-        for m in msgs:
+        for out in msgs:
+            m = out.msg
             sb = cache.get(m.subject)
             if sb is None:
                 sb = cache[m.subject] = m.subject.encode()
@@ -214,8 +260,10 @@ class StoredAcks:
             hdr = b"NATS/1.0\r\n" + lease
             if m.msg_id is not None:
                 n += 1
-                self._pending[n] = (m, now)
+                self._pending[n] = (out, now)
                 hdr += b"Nats-Msg-Id: " + m.msg_id.encode() + b"\r\n"
+                if out.expect is not None:
+                    hdr += b"Nats-Expected-Last-Msg-Id: " + out.expect.encode() + b"\r\n"
                 target = b"%b %b.%d" % (sb, inbox_b, n)
             else:
                 target = sb
