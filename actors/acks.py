@@ -16,8 +16,10 @@ failed one sent again behind them: seen as a tick stored after three newer
 ones. With the chain, those after a failed one are refused too ("wrong last
 msg ID") and all are sent again in their first order, each with its first
 expectation; the server drops duplicates before it checks the expectation. A
-chain starts without an expectation: at the first send, and after a
-reconnect, where the oldest unconfirmed batch goes first.
+message refused for a predecessor that is no longer outstanding (stored, then
+another message after it) starts a chain instead of being refused forever. A
+chain starts without an expectation: at the first send, after a reconnect
+(the oldest unconfirmed batch goes first) and in a new lease term.
 
 The forming bar and the book are snapshots: published without a reply (the
 last-value stream captures the forming bar), never awaited.
@@ -83,7 +85,6 @@ class StoredAcks:
         self._next = 0
         self._order = 0
         self._tail: str | None = None  # the chain's newest identity (None: the next one starts a chain)
-        self._acked: set[str] = set()  # identities stored since nothing was last outstanding
         self._inbox = ""
         self._inbox_b = b""
         self._broken = False
@@ -160,18 +161,22 @@ class StoredAcks:
                 await self._send(again)
             if self._pending:
                 await self._wait(lambda: not self._pending or bool(self._refused))
-        self._acked.clear()  # nothing outstanding: no expectation refers to these any more
 
     def on_disconnected(self) -> None:
         """Acks of what is pending may never come: whoever waits for them gives up now."""
         self._broken = True
         self._poke()
 
+    def new_chain(self) -> None:
+        """The next stored message starts a chain (a new lease term: another leader published
+        in between, so this daemon's last identity is not the stream's)."""
+        self._tail = None
+
     def restart(self) -> None:
         """Before the publisher sends every unconfirmed batch again: forget what was pending."""
         self._pending.clear()
         self._refused.clear()
-        self._tail = None  # a new chain: the oldest unconfirmed batch goes first
+        self.new_chain()  # the oldest unconfirmed batch goes first
         self._broken = False
 
     async def _wait(self, done) -> None:
@@ -210,19 +215,23 @@ class StoredAcks:
             return  # an ack for a message already given up on (it was sent again)
         out, data = entry[0], msg.data
         if not data or b'"error"' in data:  # no data: a 503 status (no stream took it)
-            if WRONG_LAST_MSG_ID in data and out.expect in self._acked:
-                # Its predecessor is stored, yet another message came between (a fenced leader's
-                # late one): start a chain here rather than refuse it forever.
+            if WRONG_LAST_MSG_ID in data and not self._outstanding(out.expect):
+                # Its predecessor is not ours to send any more (stored, with another message
+                # after it): start a chain here rather than be refused forever.
                 out = out._replace(expect=None)
             self._refused.append(out)
         else:
-            self._acked.add(out.msg.msg_id)
             if b'"duplicate":true' in data:
                 self.duplicates += 1
             else:
                 self.stored += 1
         if not self._pending or len(self._pending) == self._max - 1 or self._refused:
             self._poke()
+
+    def _outstanding(self, msg_id: str | None) -> bool:
+        """Whether ``msg_id`` waits for its ack or for a resend (rare: on a wrong-last refusal)."""
+        return any(o.msg.msg_id == msg_id for o, _ in self._pending.values()) or \
+            any(o.msg.msg_id == msg_id for o in self._refused)
 
     async def _write(self, msgs: list[_Out]) -> None:
         nc = self._nc

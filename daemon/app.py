@@ -199,6 +199,7 @@ class Daemon:
             from mt5d.actors.acks import LEASE_HEADER
 
             self._stored.lease = f"{LEASE_HEADER}: {term}\r\n".encode() if role == "leader" else b""
+            self._stored.new_chain()  # another leader may have published since this one's last
         self.health.role_changed()
         if self.rpc is not None:
             self.rpc.role_changed()
