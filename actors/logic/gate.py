@@ -1,4 +1,4 @@
-"""The breaker's state held for the connection actor (the pure machine is in actors.breaker)."""
+"""The breaker's state held for the connection actor (the pure machine is in actors.logic.breaker)."""
 
 from __future__ import annotations
 

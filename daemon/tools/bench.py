@@ -54,10 +54,23 @@ from mt5d.client import open_nats
 import numpy as np
 
 from mt5d.daemon.natsserver import NatsServer
+from mt5d.subjects import DEFAULT_PREFIX, Subjects, escape_token, last_value_stream, stream_name
 
 SYMBOLS_50 = 50
 SATURATION_TPS = 2000.0  # per symbol; far more and the sim's own cost (generating ticks) dominates
 ACCOUNT = "bench"
+SUBJECTS = Subjects(DEFAULT_PREFIX, ACCOUNT)  # the bench daemons' subjects (nats.prefix left at its default)
+
+
+def _naive_subject(symbol: str = ">") -> str:
+    """The naive loop's own subjects, ``<prefix>.<account>.naive.<symbol>`` (``>``: all of them).
+
+    A baseline script's subjects, not the daemon's: deliberately no kind of the grammar in
+    ``mt5d.subjects`` (a benchmark adds no product subject). Only the ``<prefix>.<account>.``
+    head is taken from ``Subjects`` (inside its ``everything()``), and the symbol is escaped
+    as the grammar escapes it."""
+    head = SUBJECTS.everything().removesuffix(">")
+    return head + "naive." + (symbol if symbol == ">" else escape_token(symbol))
 
 
 # ---- the daemon child ----------------------------------------------------------
@@ -256,7 +269,7 @@ async def _window(seconds: float) -> None:
 
 # ---- phases --------------------------------------------------------------------------
 async def phase_saturation(url: str, seconds: float) -> dict:
-    rx = await Receiver().start(url, f"mt5.{ACCOUNT}.tick.>")
+    rx = await Receiver().start(url, SUBJECTS.all_ticks())
     child = Child(_config(url, tps=SATURATION_TPS, poll=0.01))
     await anyio.sleep(2.0)  # warm up
     n0 = rx.count
@@ -286,7 +299,7 @@ async def _raw_loop(url: str, rx: Receiver, size: int, seconds: float) -> float:
     """Pre-encoded payloads of the same size, as fast as nats-py publishes them, to the same subscriber."""
     pub = await open_nats(url, pending_size=2 * 1024 * 1024)
     payload = b"x" * size
-    subjects = [f"mt5.{ACCOUNT}.tick.RAW{i:03d}" for i in range(SYMBOLS_50)]
+    subjects = [SUBJECTS.tick(f"RAW{i:03d}") for i in range(SYMBOLS_50)]
     n0 = rx.count
     t0 = time.perf_counter()
     end = t0 + seconds
@@ -315,7 +328,7 @@ async def phase_realistic(url: str, seconds: float, *, soak: float = 0.0, rpyc: 
 
         bridge = RpycBridge(seed=7, synthetic_symbols=SYMBOLS_50, ticks_per_second=10_000 / SYMBOLS_50)
     try:
-        rx = await Receiver().start(url, f"mt5.{ACCOUNT}.tick.>")
+        rx = await Receiver().start(url, SUBJECTS.all_ticks())
         child = Child(_config(url, tps=10_000 / SYMBOLS_50, poll=0.01, rpyc_port=bridge.port if bridge else 0))
         await anyio.sleep(2.0)
         rx.keep_latency = True
@@ -361,7 +374,7 @@ async def phase_realistic(url: str, seconds: float, *, soak: float = 0.0, rpyc: 
 async def phase_naive(url: str, seconds: float) -> dict:
     """The loop users write themselves, at the realistic load: every 10 ms, ``symbol_info_tick``
     for each of 50 symbols, a changed one as JSON to NATS. Its process CPU and what it delivers."""
-    rx = await Receiver().start(url, f"mt5.{ACCOUNT}.naive.>")
+    rx = await Receiver().start(url, _naive_subject())
     proc = subprocess.Popen([sys.executable, "-m", "mt5d.daemon.tools.bench", "naive", url],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -399,7 +412,7 @@ def _naive_main(url: str) -> int:
                 t = sim.symbol_info_tick(name)
                 if t is not None and t.time_msc != last[name]:
                     last[name] = t.time_msc
-                    await nc.publish(f"mt5.{ACCOUNT}.naive.{name}", json.dumps(t._asdict()).encode())
+                    await nc.publish(_naive_subject(name), json.dumps(t._asdict()).encode())
             await anyio.sleep(0.01)
 
     anyio.run(main)
@@ -429,7 +442,7 @@ BOOK_SYMBOLS = 10
 
 async def phase_books(url: str, seconds: float) -> dict:
     """10 symbols at 10 ticks/s each, with and without their books: CPU % and books/s received."""
-    rx = await Receiver().start(url, f"mt5.{ACCOUNT}.book.>")
+    rx = await Receiver().start(url, SUBJECTS.all_books())
     out = {}
     for books in (BOOK_SYMBOLS, 0):
         child = Child(_config(url, tps=10.0, poll=0.01, symbols=BOOK_SYMBOLS, books=books))
@@ -463,7 +476,7 @@ async def phase_completeness(server: NatsServer, seconds: float) -> dict:
     url = server.url
     nc = await open_nats(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     js = nc.jetstream()
-    await js.add_stream(StreamConfig(name="BENCHTICKS", subjects=[f"mt5.{ACCOUNT}.tick.>"],
+    await js.add_stream(StreamConfig(name="BENCHTICKS", subjects=[SUBJECTS.all_ticks()],
                                      duplicate_window=120.0))
     nsym = 10
     faults = [{"kind": "disconnect", "at": seconds * 0.25, "duration": 3.0}]
@@ -483,7 +496,7 @@ async def phase_completeness(server: NatsServer, seconds: float) -> dict:
     got: dict[str, list[tuple]] = {}
     names = [s.name for s in synthetic_symbols(nsym)]
     for name in names:
-        sub = await js.subscribe(f"mt5.{ACCOUNT}.tick.{name}", ordered_consumer=True)
+        sub = await js.subscribe(SUBJECTS.tick(name), ordered_consumer=True)
         seq = []
         while True:
             try:
@@ -566,7 +579,7 @@ async def phase_jetstream(url: str, seconds: float, core: dict) -> dict:
     nc = await open_nats(url)
     js = nc.jetstream()
     child = Child(_config(url, tps=2000.0, poll=0.01, acct=account, jetstream={"enabled": True}))
-    stream = f"MT5_{account}"
+    stream = stream_name(account)
     await anyio.sleep(2.0)  # warm up
     stored0, t0 = (await js.stream_info(stream)).state.messages, time.perf_counter()
     await _window(seconds)
@@ -575,7 +588,7 @@ async def phase_jetstream(url: str, seconds: float, core: dict) -> dict:
     # A poll cycle's batch counts as published once all of it is acked: per tick, use what the stream holds.
     stored_all = (await js.stream_info(stream)).state.messages
     await js.delete_stream(stream)  # the bench's own data: nothing to keep
-    await js.delete_stream(f"{stream}_LAST")
+    await js.delete_stream(last_value_stream(stream))
     await nc.close()
     rate = (stored1 - stored0) / dt
     return {
@@ -620,6 +633,7 @@ async def phase_failover(url: str, kills: int = 5) -> dict:
     from mt5d.daemon.app import open_terminal
 
     account, ttl = "benchha", HaConfig().ttl
+    subj, stream = Subjects(DEFAULT_PREFIX, account), stream_name(account)
     nsym = 5
     raws = {n: _config(url, tps=20.0, poll=0.01, symbols=nsym, acct=account, jetstream={"enabled": True},
                        ha={"enabled": True, "node": n}) for n in ("a", "b")}
@@ -634,7 +648,7 @@ async def phase_failover(url: str, kills: int = 5) -> dict:
             first_tick.update(term=term, at=time.perf_counter())
             term_seen.set()
 
-    await nc.subscribe(f"mt5.{account}.tick.>", cb=on_tick)
+    await nc.subscribe(subj.all_ticks(), cb=on_tick)
     children = {n: await _AsyncChild(raw).start() for n, raw in raws.items()}
     kv = None
     times = []
@@ -674,7 +688,7 @@ async def phase_failover(url: str, kills: int = 5) -> dict:
     lost = dupes = total = 0
     for name in cfg.stream.symbols:
         sim.symbol_select(name, True)
-        sub = await js.subscribe(f"mt5.{account}.tick.{name}", ordered_consumer=True, stream=f"MT5_{account}")
+        sub = await js.subscribe(subj.tick(name), ordered_consumer=True, stream=stream)
         seq = []
         while True:
             try:
@@ -696,8 +710,8 @@ async def phase_failover(url: str, kills: int = 5) -> dict:
         total += len(expect)
         lost += len(set(expect) - set(seq))
         dupes += len(seq) - len(set(seq))
-    await js.delete_stream(f"MT5_{account}")
-    await js.delete_stream(f"MT5_{account}_LAST")
+    await js.delete_stream(stream)
+    await js.delete_stream(last_value_stream(stream))
     await js.delete_key_value(f"mt5_{account}_lease")
     await nc.close()
     return {
@@ -716,7 +730,7 @@ async def phase_cycle(cycles: int = 300, runs: int = 7) -> dict:
     """Where a poll cycle's CPU goes, without the noise of a shared machine: 50 symbols at
     200 ticks/s each, the sim on a virtual clock stepped 10 ms a cycle (every run does the
     same work), the real Poller, Connection (its terminal thread inline) and Publisher
-    (``_messages`` on an unconnected client: the PUB lines of the batch). Min over ``runs``
+    (``encode_batch`` on an unconnected client: the PUB lines of the batch). Min over ``runs``
     of the µs per cycle: the whole cycle, of it inside the terminal's functions, and the
     batch's PUB lines; then one ``run_call`` round trip through a real terminal thread."""
     from types import SimpleNamespace
@@ -733,7 +747,6 @@ async def phase_cycle(cycles: int = 300, runs: int = 7) -> dict:
     from mt5d.codec import Codec
     from mt5d.daemon.terminal.sim import SimTerminal, synthetic_symbols
     from mt5d.daemon.terminal.thread import TerminalThread
-    from mt5d.subjects import Subjects
 
     async def one(inline: bool) -> SimpleNamespace:
         clock = [float(int(time.time()))]
@@ -749,7 +762,7 @@ async def phase_cycle(cycles: int = 300, runs: int = 7) -> dict:
                         poll_interval=0.01, idle_interval=0.25, wall_clock=lambda: clock[0],
                         account=AccountTracker(interval=0.25, heartbeat=10.0, epoch=1))
         _, health = anyio.create_memory_object_stream(1)
-        publisher = Publisher(nc=nats.NATS(), subjects=Subjects("mt5", ACCOUNT), codec=Codec("json"),
+        publisher = Publisher(nc=nats.NATS(), subjects=Subjects(DEFAULT_PREFIX, ACCOUNT), codec=Codec("json"),
                               batches=batches, health=health)
         got = SimpleNamespace(cycle=0.0, terminal=0.0, messages=0.0, ticks=0, hop=0.0)
         async with anyio.create_task_group() as tg:
@@ -773,7 +786,7 @@ async def phase_cycle(cycles: int = 300, runs: int = 7) -> dict:
                 t0, n0, c0 = timed.cpu_seconds, timed.calls, time.thread_time()
                 batch = await poller.cycle()
                 c1 = time.thread_time()
-                publisher._messages(batch)
+                publisher.encode_batch(batch)
                 got.messages += time.thread_time() - c1
                 calls = timed.calls - n0  # without the bench's own counting (see _TimedTerminal)
                 got.cycle += c1 - c0 - calls * per_call

@@ -30,6 +30,8 @@ import msgspec
 import nats
 
 from mt5d.daemon.natsserver import NatsServer
+from mt5d.market import TIMEFRAME_SECONDS
+from mt5d.subjects import DEFAULT_PREFIX, Subjects
 
 __all__ = ["run_fault_soak", "schedule", "Event"]
 
@@ -37,7 +39,11 @@ ACCOUNT = "soak"
 SEED = 3
 TPS = 8.0
 SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "US30", "EURUSD.m", "#AAPL"]
-TIMEFRAMES = {"M1": 60, "M5": 300, "H1": 3600}
+# The soak's timeframes: names from mt5d.market's one table (TIMEFRAME_SECONDS), which has their lengths.
+TIMEFRAMES: tuple[str, ...] = ("M1", "M5", "H1")
+if not set(TIMEFRAMES) <= TIMEFRAME_SECONDS.keys():
+    raise ValueError(f"unknown soak timeframes: {sorted(set(TIMEFRAMES) - TIMEFRAME_SECONDS.keys())}")
+SUBJECTS = Subjects(DEFAULT_PREFIX, ACCOUNT)  # the soak daemon's subjects (nats.prefix left at its default)
 TERMINAL_FAULTS = ("disconnect", "ipc_timeout", "restart")
 KINDS = TERMINAL_FAULTS + ("nats_restart", "kill", "burst")
 WEIGHTS = {"disconnect": 3, "ipc_timeout": 3, "restart": 1, "nats_restart": 2, "kill": 2, "burst": 3}
@@ -135,7 +141,7 @@ async def _burst(nc, outcomes: Counter, mt5d: "_Mt5d") -> None:
     with anyio.move_on_after(30):
         while True:
             try:
-                reply = await nc.request(f"mt5.{ACCOUNT}.rpc.price", b'{"symbol": "EURUSD"}', timeout=2)
+                reply = await nc.request(SUBJECTS.rpc("price"), b'{"symbol": "EURUSD"}', timeout=2)
                 if not (reply.headers or {}).get("Nats-Service-Error-Code"):
                     break
             except Exception:  # noqa: BLE001 - not up yet
@@ -148,7 +154,7 @@ async def _burst(nc, outcomes: Counter, mt5d: "_Mt5d") -> None:
 
     async def one(endpoint: str, body: dict) -> None:
         try:
-            msg = await nc.request(f"mt5.{ACCOUNT}.rpc.{endpoint}", msgspec.json.encode(body), timeout=30)
+            msg = await nc.request(SUBJECTS.rpc(endpoint), msgspec.json.encode(body), timeout=30)
             outcomes[(msg.headers or {}).get("Nats-Service-Error-Code", "200")] += 1
         except Exception as err:  # noqa: BLE001 - counted: no responders (mt5d down), timeout...
             # A request in flight when mt5d is killed dies with it: counted apart.
@@ -167,7 +173,7 @@ async def _read_stream(js) -> list:
     info = await js.stream_info("SOAK")
     if not info.state.messages:
         return []
-    sub = await js.subscribe(f"mt5.{ACCOUNT}.>", ordered_consumer=True, pending_msgs_limit=-1,
+    sub = await js.subscribe(SUBJECTS.everything(), ordered_consumer=True, pending_msgs_limit=-1,
                              pending_bytes_limit=-1)
     out = []
     try:
@@ -185,10 +191,8 @@ def _judge(messages: list) -> dict:
     from mt5d.daemon.terminal.mt5_constants import COPY_TICKS_ALL, TIMEFRAMES as CODES
     from mt5d.daemon.terminal.sim import SimTerminal
     from mt5d.market import Candle, Tick
-    from mt5d.subjects import Subjects
 
-    subj = Subjects("mt5", ACCOUNT)
-    tick_of = {subj.tick(s): s for s in SYMBOLS}
+    tick_of = {SUBJECTS.tick(s): s for s in SYMBOLS}
     dec_t, dec_c = msgspec.json.Decoder(Tick), msgspec.json.Decoder(Candle)
     ticks: dict[str, list] = defaultdict(list)
     bars: dict[tuple[str, str], list] = defaultdict(list)
@@ -266,7 +270,7 @@ async def run_fault_soak(seconds: float, *, seed: int = 1, echo=print) -> dict:
         try:
             js = admin.jetstream()
             await js.add_stream(StreamConfig(
-                name="SOAK", subjects=[f"mt5.{ACCOUNT}.tick.>", f"mt5.{ACCOUNT}.candle.>"],
+                name="SOAK", subjects=[SUBJECTS.all_ticks(), SUBJECTS.all_candles()],
                 duplicate_window=seconds + 600.0))
             mt5d = _Mt5d(work, server.url, events)
             t0 = time.monotonic()
