@@ -1,12 +1,11 @@
 """With JetStream on, "confirmed" means stored: the publisher's other confirmation strategy.
 
-Every stored message (ticks, closed candles) goes out with ``Nats-Msg-Id``
-(its identity) and a reply subject of its own under one inbox; the stream's
-PubAck on that subject confirms it. At most ``max_in_flight`` messages wait
-for their ack; an ack that says "error" or does not come within
-``ack_timeout`` sends the message again (the duplicate window drops what was
-stored already). Core subscribers receive the same subjects as before: a
-stored publish is an ordinary publish with a reply subject.
+Every stored message (ticks, closed candles, account events) goes out with
+``Nats-Msg-Id`` (its identity). At most ``max_in_flight`` messages wait for
+their ack; an ack that says "error" or does not come within ``ack_timeout``
+sends them again (the duplicate window drops what was stored already). Core
+subscribers receive the same subjects as before: a stored publish is an
+ordinary publish, some with a reply subject.
 
 Stored messages form a chain: each carries ``Nats-Expected-Last-Msg-Id``, the
 identity of the stored message sent before it, so the stream takes them only
@@ -20,6 +19,14 @@ message refused for a predecessor that is no longer outstanding (stored, then
 another message after it) starts a chain instead of being refused forever. A
 chain starts without an expectation: at the first send, after a reconnect
 (the oldest unconfirmed batch goes first) and in a new lease term.
+
+The chain also makes one ack enough for a run of messages: the stream stores
+a message only after the one it expects, so the PubAck of a run's last
+message (stored, or a duplicate of one stored earlier) says the whole run is
+stored. Only the last message of each run a write sends carries a reply
+subject: about one ack per poll cycle instead of one per tick (each ack is a
+message nats-py parses and dispatches: a third of the cost of a stored tick).
+A run ends where the chain does not go on inside the write (a chain start).
 
 The forming bar and the book are snapshots: published without a reply (the
 last-value stream captures the forming bar), never awaited.
@@ -80,7 +87,8 @@ class StoredAcks:
         self._candles = "candle" in kinds
         self._max = max_in_flight
         self._timeout = ack_timeout
-        self._pending: dict[int, tuple[_Out, float]] = {}  # token -> (message, sent at)
+        self._pending: dict[int, tuple[tuple[_Out, ...], float]] = {}  # token -> (run, sent at)
+        self._in_flight = 0  # messages in the pending runs
         self._refused: list[_Out] = []
         self._next = 0
         self._order = 0
@@ -92,6 +100,7 @@ class StoredAcks:
         self._changed = anyio.Event()
         self._fast = hasattr(nc, "_send_command") and hasattr(nc, "_flush_pending")
         self._subject_bytes: dict[str, bytes] = {}
+        self._tick_subjects: dict[str, str] = {}  # symbol -> its tick subject (per tick, build() costs)
         self.lease = b""  # a header line set by the lease holder: fencing token on every message
         self.stored = 0
         self.duplicates = 0
@@ -104,10 +113,11 @@ class StoredAcks:
                                              pending_msgs_limit=4 * self._max + 1024)
 
     def messages(self, batch: Batch) -> list[Stored]:
-        enc, subj = self._codec.encode, self._subjects
+        enc, subj, tick_subjects = self._codec.encode, self._subjects, self._tick_subjects
         out = []
         for t in batch.ticks:  # the tick's identity: symbol, millisecond, position in it
-            out.append(Stored(subj.tick(t.symbol), enc(t),
+            subject = tick_subjects.get(t.symbol) or tick_subjects.setdefault(t.symbol, subj.tick(t.symbol))
+            out.append(Stored(subject, enc(t),
                               f"{t.symbol}:{t.time_msc_broker}:{t.index_in_ms}" if self._ticks else None))
         for c in batch.candles:
             out.append(Stored(subj.candle(c.symbol, c.timeframe), enc(c),
@@ -125,26 +135,28 @@ class StoredAcks:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending)
+        return self._in_flight
 
     async def send(self, msgs: list[Stored]) -> None:
         """Publish, within the in-flight bound (waits for acks to make room)."""
-        out = []
+        out, order, tail = [], self._order, self._tail
+        append, new = out.append, tuple.__new__  # (the namedtuple's own __new__ costs more per tick)
         for m in msgs:  # the chain: each stored message expects the one before it
             if m.msg_id is not None:
-                self._order += 1
-                out.append(_Out(self._order, m, self._tail))
-                self._tail = m.msg_id
+                order += 1
+                append(new(_Out, (order, m, tail)))
+                tail = m.msg_id
             else:
-                out.append(_Out(0, m, None))
+                append(new(_Out, (0, m, None)))
+        self._order, self._tail = order, tail
         await self._send(out)
 
     async def _send(self, out: list[_Out]) -> None:
         i = 0
         while i < len(out):
-            room = self._max - len(self._pending)
+            room = self._max - self._in_flight
             if room <= 0:
-                await self._wait(lambda: len(self._pending) < self._max)
+                await self._wait(lambda: self._in_flight < self._max)
                 continue
             await self._write(out[i:i + room])
             i += room
@@ -175,6 +187,7 @@ class StoredAcks:
     def restart(self) -> None:
         """Before the publisher sends every unconfirmed batch again: forget what was pending."""
         self._pending.clear()
+        self._in_flight = 0
         self._refused.clear()
         self.new_chain()  # the oldest unconfirmed batch goes first
         self._broken = False
@@ -196,7 +209,9 @@ class StoredAcks:
         now = anyio.current_time()
         late = [k for k, (_, sent) in self._pending.items() if now - sent >= self._timeout]
         for k in late:
-            self._refused.append(self._pending.pop(k)[0])
+            run = self._pending.pop(k)[0]
+            self._in_flight -= len(run)
+            self._refused.extend(run)
         if late:
             log.warning("JetStream acks did not come in time", extra={"messages": len(late)})
         self._poke()
@@ -213,25 +228,46 @@ class StoredAcks:
         entry = self._pending.pop(token, None)
         if entry is None:
             return  # an ack for a message already given up on (it was sent again)
-        out, data = entry[0], msg.data
+        run, data = entry[0], msg.data
+        self._in_flight -= len(run)
         if not data or b'"error"' in data:  # no data: a 503 status (no stream took it)
-            if WRONG_LAST_MSG_ID in data and not self._outstanding(out.expect):
+            first = run[0]
+            if WRONG_LAST_MSG_ID in data and not self._outstanding(first.expect):
                 # Its predecessor is not ours to send any more (stored, with another message
                 # after it): start a chain here rather than be refused forever.
-                out = out._replace(expect=None)
-            self._refused.append(out)
+                run = (first._replace(expect=None), *run[1:])
+            self._refused.extend(run)
         else:
+            self.stored += len(run)  # the whole run: the chain stored it in order
             if b'"duplicate":true' in data:
-                self.duplicates += 1
-            else:
-                self.stored += 1
-        if not self._pending or len(self._pending) == self._max - 1 or self._refused:
-            self._poke()
+                self.duplicates += 1  # (of the run's last: those before it are not told apart)
+        self._poke()
 
     def _outstanding(self, msg_id: str | None) -> bool:
         """Whether ``msg_id`` waits for its ack or for a resend (rare: on a wrong-last refusal)."""
-        return any(o.msg.msg_id == msg_id for o, _ in self._pending.values()) or \
+        return any(o.msg.msg_id == msg_id for run, _ in self._pending.values() for o in run) or \
             any(o.msg.msg_id == msg_id for o in self._refused)
+
+    @staticmethod
+    def _run_ends(msgs: list[_Out]) -> set[int]:
+        """Indexes of the stored messages that get a reply: each run's last (see the module doc)."""
+        ends, prev = set(), None
+        for i, o in enumerate(msgs):
+            if o.msg.msg_id is None:
+                continue
+            if prev is not None and o.expect != msgs[prev].msg.msg_id:
+                ends.add(prev)  # the chain does not go on from prev inside this write
+            prev = i
+        if prev is not None:
+            ends.add(prev)
+        return ends
+
+    def _track(self, run: list[_Out], now: float) -> int:
+        self._next += 1
+        self._pending[self._next] = (tuple(run), now)
+        self._in_flight += len(run)
+        run.clear()
+        return self._next
 
     async def _write(self, msgs: list[_Out]) -> None:
         nc = self._nc
@@ -241,13 +277,14 @@ class StoredAcks:
             raise ConnectionClosedError  # never buffer while disconnected: the batch is held instead
         now = anyio.current_time()
         inbox, inbox_b, lease = self._inbox, self._inbox_b, self.lease
+        ends, run = self._run_ends(msgs), []
         if not self._fast:
-            for out in msgs:
+            for i, out in enumerate(msgs):
                 m, reply, headers = out.msg, "", {}
                 if m.msg_id is not None:
-                    self._next += 1
-                    self._pending[self._next] = (out, now)
-                    reply = f"{inbox}.{self._next}"
+                    run.append(out)
+                    if i in ends:
+                        reply = f"{inbox}.{self._track(run, now)}"
                     headers["Nats-Msg-Id"] = m.msg_id
                     if out.expect is not None:
                         headers["Nats-Expected-Last-Msg-Id"] = out.expect
@@ -257,28 +294,27 @@ class StoredAcks:
                 await nc.publish(m.subject, m.data, reply=reply, headers=headers or None)
             return
         # One write into nats-py's buffer: the HPUB lines publish() would write, minus its per-call cost.
-        cache, parts, n = self._subject_bytes, [], self._next
-        for out in msgs:
-            m = out.msg
-            sb = cache.get(m.subject)
+        cache, parts = self._subject_bytes, []
+        append = parts.append
+        for i, out in enumerate(msgs):
+            _, m, expect = out
+            subject, data, msg_id = m
+            sb = cache.get(subject)
             if sb is None:
-                sb = cache[m.subject] = m.subject.encode()
-            if m.msg_id is None and not lease:
-                parts.append(b"PUB %b %d\r\n%b\r\n" % (sb, len(m.data), m.data))
-                continue
-            hdr = b"NATS/1.0\r\n" + lease
-            if m.msg_id is not None:
-                n += 1
-                self._pending[n] = (out, now)
-                hdr += b"Nats-Msg-Id: " + m.msg_id.encode() + b"\r\n"
-                if out.expect is not None:
-                    hdr += b"Nats-Expected-Last-Msg-Id: " + out.expect.encode() + b"\r\n"
-                target = b"%b %b.%d" % (sb, inbox_b, n)
-            else:
+                sb = cache[subject] = subject.encode()
+            if msg_id is None:
+                if not lease:
+                    append(b"PUB %b %d\r\n%b\r\n" % (sb, len(data), data))
+                    continue
+                hdr = b"NATS/1.0\r\n%b\r\n" % lease
                 target = sb
-            hdr += b"\r\n"
-            parts.append(b"HPUB %b %d %d\r\n%b%b\r\n" % (target, len(hdr), len(hdr) + len(m.data), hdr, m.data))
-        self._next = n
+            else:
+                run.append(out)
+                target = b"%b %b.%d" % (sb, inbox_b, self._track(run, now)) if i in ends else sb
+                hdr = (b"NATS/1.0\r\n%bNats-Msg-Id: %b\r\n\r\n" % (lease, msg_id.encode()) if expect is None else
+                       b"NATS/1.0\r\n%bNats-Msg-Id: %b\r\nNats-Expected-Last-Msg-Id: %b\r\n\r\n"
+                       % (lease, msg_id.encode(), expect.encode()))
+            append(b"HPUB %b %d %d\r\n%b%b\r\n" % (target, len(hdr), len(hdr) + len(data), hdr, data))
         blob = b"".join(parts)
         nc.stats["out_msgs"] += len(msgs)
         nc.stats["out_bytes"] += len(blob)

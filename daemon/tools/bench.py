@@ -940,7 +940,7 @@ async def run_bench(quick: bool, soak: float) -> dict:
         server = NatsServer(jetstream=True, store_dir=str(Path(tmp) / "js")).start()
         try:
             results.update(_median([await phase_saturation(server.url, 10 * scale) for _ in range(REPEATS)]))
-            results.update(await phase_jetstream(server.url, 10 * scale, results))
+            results.update(_median([await phase_jetstream(server.url, 10 * scale, results) for _ in range(REPEATS)]))
             results.update(_median([await phase_realistic(server.url, 15 * scale, soak=soak if i == 0 else 0.0)
                                     for i in range(REPEATS)]))
             if has_rpyc:
