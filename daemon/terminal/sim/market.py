@@ -46,6 +46,7 @@ HISTORY_START = 1577836800  # 2020-01-01 00:00
 HISTORY_START_MIN = HISTORY_START // 60
 HISTORY_START_DAY = HISTORY_START // 86400
 MAX_TICKS_PER_REQUEST = 5_000_000
+WARM_AHEAD_MS = 30_000  # the next minute is made ahead over the last 30 s of each (see Market._warm_ahead)
 
 DAY_MIN = 1440
 DAY_MS = 86_400_000
@@ -359,7 +360,7 @@ class Market:
     """Ticks and bars of all symbols for one SimTerminal (its clock and stall windows)."""
 
     def __init__(self, symbols: Sequence[SimSymbol], seed: int, tps: float, clock: BrokerClock,
-                 stalls_ms: Sequence[tuple[int, int]] = (), tick_budget: int = 1_500_000) -> None:
+                 stalls_ms: Sequence[tuple[int, int]] = (), tick_budget: int = 2_000_000) -> None:
         self.clock = clock
         self.models: dict[str, SymbolModel] = {}
         for i, s in enumerate(symbols):
@@ -372,8 +373,14 @@ class Market:
         self._final = _LRU(400)      # (index, day) -> effective M1 block of a finished day
         self._hourly = _LRU(40000)   # (index, day) -> effective H1 block (7, 24) of a finished day
         self._tfd = _LRU(600_000)   # (index, day, minutes) -> aggregated block of a finished day (weight: bars)
-        self._ticks = _LRU(tick_budget)  # (index, minute) -> (ticks, bid points), stall-filtered
+        # (index, minute) -> (ticks, bid points), stall-filtered; ~84 bytes a tick. The budget holds
+        # two minutes of 50 symbols at 10,000 ticks/s (the current one and the one made ahead).
+        self._ticks = _LRU(tick_budget)
         self._last: dict[int, tuple[int, int, object]] = {}  # index -> (from_ms, until_ms, Tick)
+        # Warm-ahead (see _warm_ahead): the minute being made ahead, the next model, when.
+        order = list(self.models.values())
+        self._warm = (order, -1, 0, 0)  # (models, minute, next index, next at broker ms)
+        self._warm_ok = 2 * sum(mdl.lam for mdl in order) <= tick_budget  # two minutes fit
 
     # -- blocks ---------------------------------------------------------------
     def raw_day(self, mdl: SymbolModel, d: int) -> np.ndarray:
@@ -486,6 +493,25 @@ class Market:
             i = j + 1
 
     # -- ticks ------------------------------------------------------------------
+    def _warm_ahead(self, now_bms: int) -> None:
+        """A real terminal's ticks come one by one; the sim makes a symbol's whole minute at its
+        first look. Left to the minute's first poll, every symbol's minute is made in one cycle
+        (50 symbols at 10,000 ticks/s: ~80 ms and 50 MB at once, a latency tail that is the sim's,
+        not the daemon's). So in the last WARM_AHEAD_MS of a minute the next one is made ahead,
+        a symbol at a time, spread over the window (when two minutes of every symbol fit the
+        cache: else making ahead would evict what is being read)."""
+        m, into = divmod(now_bms, 60000)
+        if into < 60000 - WARM_AHEAD_MS:
+            return
+        models, minute, i, at = self._warm
+        if minute != m + 1:
+            minute, i, at = m + 1, 0, now_bms
+        if i >= len(models) or now_bms < at:
+            return
+        # The ones left, over what is left of the window (a sim started late in a minute too).
+        self._warm = (models, minute, i + 1, now_bms + (60000 - into) // (len(models) - i + 1))
+        self.minute_ticks(models[i], minute)
+
     def minute_ticks(self, mdl: SymbolModel, m: int) -> tuple[np.ndarray, ...]:
         """(ticks, bid points, contiguous time_msc, spread points, raw bytes) of broker minute ``m``, stall-filtered, cached."""
         key = (mdl.index, m)
@@ -542,6 +568,8 @@ class Market:
         to_ms = min(to_ms, now_bms)
         if from_ms > to_ms or self.quiet:
             return EMPTY_TICKS.copy()
+        if self._warm_ok:
+            self._warm_ahead(now_bms)
         from_ms = max(from_ms, HISTORY_START * 1000)
         m0, m1 = from_ms // 60000, to_ms // 60000
         if m0 == m1 and limit is not None:
@@ -598,6 +626,8 @@ class Market:
             return hit[2]
         if self.quiet:
             return None
+        if self._warm_ok:
+            self._warm_ahead(now_bms)
         m = now_bms // 60000
         arr, _, t, _, _ = self.minute_ticks(mdl, m)
         if len(arr):
