@@ -132,6 +132,17 @@ async def test_scripted_trades_stream_once_in_order_and_match_the_sim(nats_url):
     lags = sorted(received_ms - d.time_utc_ms for received_ms, d in col.got["deal"])
     print(f"deal time to receipt, ms: {lags}")
     assert lags[len(lags) // 2] <= LAG_MS and lags[-1] <= LAG_MAX_MS, lags
+    # Position and order events too, from the sim time of what caused them (a deal, a change, a
+    # placing, a fill or cancel; an order's modification carries no time of its own).
+    offset = got[0].time_msc_broker - got[0].time_utc_ms
+    happened = [(received_ms, e.deal.time_msc_broker if e.deal else e.position.time_update_msc_broker)
+                for received_ms, e in col.got["position"]]
+    happened += [(received_ms, e.order.time_setup_msc_broker if e.event == "placed" else e.order.time_done_msc_broker)
+                 for received_ms, e in col.got["order"] if e.event != "modified"]
+    event_lags = sorted(received_ms - (broker_ms - offset) for received_ms, broker_ms in happened)
+    print(f"position/order event time to receipt, ms: {event_lags}")
+    assert len(event_lags) >= 12
+    assert event_lags[len(event_lags) // 2] <= LAG_MS and event_lags[-1] <= LAG_MAX_MS, event_lags
     seqs = [m.seq for kind in ("deal", "position", "order", "account") for m in col.of(kind)]
     assert len(seqs) == len(set(seqs))
 
