@@ -15,7 +15,7 @@ import anyio
 from mt5d.client import open_nats
 from mt5d.codec import decode_any_json_line
 from mt5d.errors import MT5Error
-from mt5d.stored import replay_since
+from mt5d.stored import replay_since, subscribe_since
 
 
 async def tail(url: str, subject: str, count: int = 0, raw: bool = False, *, user: str | None = None,
@@ -52,8 +52,6 @@ async def tail(url: str, subject: str, count: int = 0, raw: bool = False, *, use
         if start_ms is None:
             await nc.subscribe(subject, cb=on_msg)
         else:
-            from nats.js.api import ConsumerConfig, DeliverPolicy
-
             js = nc.jetstream()
             try:
                 stream = await js.find_stream_name_by_subject(subject)
@@ -62,8 +60,7 @@ async def tail(url: str, subject: str, count: int = 0, raw: bool = False, *, use
                       "is [jetstream] enabled in mt5d?", file=sys.stderr)
                 return 69
             start = dt.datetime.fromtimestamp(start_ms / 1000, tz=dt.timezone.utc)
-            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
-            await js.subscribe(subject, stream=stream, ordered_consumer=True, config=cfg, cb=on_msg)
+            await subscribe_since(js, subject, stream=stream, start=start, cb=on_msg)
         await done.wait()
     finally:
         await nc.drain()

@@ -23,7 +23,7 @@ from mt5d.errors import MT5DataError
 from mt5d.market import Tick
 from mt5d.streams import Stream
 
-__all__ = ["LastValues", "Replay", "NotStored", "replay_since", "stored_time_ms", "MULTI_LAST_MAX"]
+__all__ = ["LastValues", "Replay", "NotStored", "replay_since", "stored_time_ms", "subscribe_since", "MULTI_LAST_MAX"]
 
 T = TypeVar("T")
 MULTI_LAST_MAX = 1024  # subjects per multi_last request (the server's limit)
@@ -176,6 +176,18 @@ def _renamed_on_reset(sub) -> None:
     jsi.reset_ordered_consumer = renamed
 
 
+async def subscribe_since(js, subject: str, *, stream: str, start: _dt.datetime, cb, **kw):
+    """An ordered consumer on ``subject`` from ``start``, then live. Named, so the filter
+    travels in the API subject (what a reader may create, see ops/nats-server.conf), not
+    only in the request body; renamed whenever nats-py re-creates it after a gap."""
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+
+    cfg = ConsumerConfig(name=_consumer_name(), deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
+    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True, config=cfg, cb=cb, **kw)
+    _renamed_on_reset(sub)
+    return sub
+
+
 def _identity(item) -> tuple:
     if isinstance(item, Tick):
         return (item.time_msc_broker, item.index_in_ms)
@@ -202,18 +214,10 @@ class Replay(Stream[T]):
     async def start(self) -> "Replay[T]":
         if self._subs or self._closed:
             return self
-        from nats.js.api import ConsumerConfig, DeliverPolicy
-
         start = _dt.datetime.fromtimestamp(self._since_ms / 1000 - SINCE_MARGIN_S, tz=_dt.timezone.utc)
         for subject in self._subjects:
-            # Named, so the filter travels in the API subject (what a reader may create, see
-            # ops/nats-server.conf), not only in the request body.
-            cfg = ConsumerConfig(name=_consumer_name(), deliver_policy=DeliverPolicy.BY_START_TIME,
-                                 opt_start_time=start)
-            sub = await self._js.subscribe(subject, stream=self._stream, ordered_consumer=True, config=cfg,
-                                           cb=self._on_msg, pending_msgs_limit=1_000_000)
-            _renamed_on_reset(sub)
-            self._subs.append(sub)
+            self._subs.append(await subscribe_since(self._js, subject, stream=self._stream, start=start,
+                                                    cb=self._on_msg, pending_msgs_limit=1_000_000))
         return self
 
     async def _on_msg(self, msg) -> None:

@@ -3,6 +3,7 @@ and no repeat at the seam; ``mt5d tail --since``."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -178,7 +179,29 @@ async def test_a_reader_under_the_shipped_permissions_gets_last_values_and_repla
         refused = [str(e) for e in errors if "permission" in str(e).lower()]
         assert refused and all(r.lower().endswith(f'"$js.api.direct.get.mt5_{account}_last"'.lower())
                                for r in refused), refused
+        # mt5d's own streams (as it provisioned them): the reader may not delete, purge or
+        # reconfigure either; the server refuses each request (no answer comes).
+        errors.clear()
+        for stream in (f"MT5_{account}", f"MT5_{account}_LAST"):
+            for subject, body in ((f"$JS.API.STREAM.DELETE.{stream}", b""),
+                                  (f"$JS.API.STREAM.PURGE.{stream}", b"{}"),
+                                  (f"$JS.API.STREAM.UPDATE.{stream}", b'{"name": "%s", "subjects": ["x.>"]}' % stream.encode()),
+                                  (f"$JS.API.STREAM.MSG.DELETE.{stream}", b'{"seq": 1}')):
+                with pytest.raises(nats.errors.TimeoutError):
+                    await reader.request(subject, body, timeout=0.5)
+                assert any(subject.lower() in str(e).lower() for e in errors), (subject, errors)
         await reader.close()
+        assert (await js.stream_info(f"MT5_{account}")).state.messages == 4  # nothing was lost
+        assert (await js.stream_info(f"MT5_{account}_LAST")).state.messages == 2
         await mt5d.close()
+        # `mt5d tail` as the reader, with the shipped permissions: its replay (a named consumer on
+        # market data, replies on the reader's own inbox) prints what was stored.
+        res = await anyio.run_process(
+            [sys.executable, "-m", "mt5d.daemon.cli", "tail", "--url", server.url, "--user", "reader",
+             "--since", "10m", "--count", "4", f"mt5.{account}.tick.*"],
+            cwd=ROOT, check=False, env={**os.environ, "NATS_PASSWORD": passwords["reader"]})
+        assert res.returncode == 0, res.stderr.decode()
+        lines = res.stdout.decode().splitlines()
+        assert [msgspec.json.decode(line.split(" ", 1)[1])["bid"] for line in lines] == [1.0, 2.0, 3.0, 4.0]
     finally:
         server.stop()
