@@ -25,8 +25,8 @@ a message only after the one it expects, so the PubAck of a run's last
 message (stored, or a duplicate of one stored earlier) says the whole run is
 stored. Only the last message of each run a write sends carries a reply
 subject: about one ack per poll cycle instead of one per tick (each ack is a
-message nats-py parses and dispatches: a third of the cost of a stored tick).
-A run ends where the chain does not go on inside the write (a chain start).
+message nats-py parses and dispatches to a callback). A run ends where the
+chain does not go on inside the write (a chain start).
 
 The forming bar and the book are snapshots: published without a reply (the
 last-value stream captures the forming bar), never awaited.
