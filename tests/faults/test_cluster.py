@@ -32,6 +32,8 @@ def cluster(tmp_path):
     c = NatsCluster(tmp_path / "cluster").start()
     yield c
     c.stop()
+    for i, node in enumerate(c.nodes):  # the servers' own logs, beside the daemons' (for a failure's story)
+        (tmp_path / f"nats-n{i}.log").write_bytes(bytes(node.output))
 
 
 def raw_config(urls: str, account: str, node: str, replicas: int) -> dict:
