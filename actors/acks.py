@@ -208,12 +208,14 @@ class StoredAcks:
     def _expire(self) -> None:
         now = anyio.current_time()
         late = [k for k, (_, sent) in self._pending.items() if now - sent >= self._timeout]
+        given_up = 0
         for k in late:
             run = self._pending.pop(k)[0]
             self._in_flight -= len(run)
             self._refused.extend(run)
-        if late:
-            log.warning("JetStream acks did not come in time", extra={"messages": len(late)})
+            given_up += len(run)
+        if late:  # (messages, not runs: one ack stands for a run)
+            log.warning("JetStream acks did not come in time", extra={"messages": given_up})
         self._poke()
 
     def _poke(self) -> None:
