@@ -2,8 +2,13 @@
 
 Every stored message (ticks, closed candles, account events) goes out with
 ``Nats-Msg-Id`` (its identity). At most ``max_in_flight`` messages wait for
-their ack; an ack that says "error" or does not come within ``ack_timeout``
-sends them again (the duplicate window drops what was stored already). Core
+their ack; an ack that says "error" sends them again (the duplicate window
+drops what was stored already). One that does not come within ``ack_timeout``
+sends them again under the same reply subject, with twice the time to answer
+(up to ``MAX_ACK_WAIT``): a slow stream (a starved cluster, a leader that is
+catching up) is waited for, and the first ack that comes, of either send,
+confirms them. Given new reply subjects, a stream slower than the timeout
+would be sent the same messages forever, every ack one send too late. Core
 subscribers receive the same subjects as before: a stored publish is an
 ordinary publish, some with a reply subject.
 
@@ -34,6 +39,7 @@ last-value stream captures the forming bar), never awaited.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import NamedTuple
 
@@ -71,6 +77,13 @@ class _Out(NamedTuple):
 
 
 WRONG_LAST_MSG_ID = b'"err_code":10070'
+MAX_ACK_WAIT = 60.0  # the longest a timed-out run waits for its ack before it is sent again
+
+
+class _Pending(NamedTuple):
+    run: tuple[_Out, ...]  # the reply subject's token stands for the whole run (see the module doc)
+    deadline: float
+    wait: float  # the time it was given to answer (doubles at each resend)
 
 
 class StoredAcks:
@@ -87,7 +100,7 @@ class StoredAcks:
         self._candles = "candle" in kinds
         self._max = max_in_flight
         self._timeout = ack_timeout
-        self._pending: dict[int, tuple[tuple[_Out, ...], float]] = {}  # token -> (run, sent at)
+        self._pending: dict[int, _Pending] = {}  # token -> its run
         self._in_flight = 0  # messages in the pending runs
         self._refused: list[_Out] = []
         self._next = 0
@@ -105,6 +118,7 @@ class StoredAcks:
         self.stored = 0
         self.duplicates = 0
         self.resent = 0
+        self._refusal = ""  # the newest refusal's reason, for the log
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
@@ -167,7 +181,7 @@ class StoredAcks:
             if self._refused:
                 again, self._refused = sorted(self._refused), []  # in their first order
                 log.warning("messages refused by JetStream; sending them again",
-                            extra={"messages": len(again)})
+                            extra={"messages": len(again), "reason": self._refusal})
                 await anyio.sleep(0.2)  # not a hot loop against a stream that refuses for a while
                 self.resent += len(again)
                 await self._send(again)
@@ -196,27 +210,27 @@ class StoredAcks:
         while not done():
             if self._broken or not self._nc.is_connected:
                 raise ConnectionClosedError
-            oldest = min(sent for _, sent in self._pending.values()) if self._pending else anyio.current_time()
-            left = oldest + self._timeout - anyio.current_time()
+            now = anyio.current_time()
+            left = min(p.deadline for p in self._pending.values()) - now if self._pending else self._timeout
             if left <= 0:
-                self._expire()
+                await self._resend_late(now)
                 continue
             changed = self._changed
             with anyio.move_on_after(left):
                 await changed.wait()
 
-    def _expire(self) -> None:
-        now = anyio.current_time()
-        late = [k for k, (_, sent) in self._pending.items() if now - sent >= self._timeout]
-        given_up = 0
-        for k in late:
-            run = self._pending.pop(k)[0]
-            self._in_flight -= len(run)
-            self._refused.extend(run)
-            given_up += len(run)
-        if late:  # (messages, not runs: one ack stands for a run)
-            log.warning("JetStream acks did not come in time", extra={"messages": given_up})
-        self._poke()
+    async def _resend_late(self, now: float) -> None:
+        """Runs whose ack is late go again under their own token, in their first order."""
+        late = sorted((p.run[0].order, token) for token, p in self._pending.items() if p.deadline <= now)
+        wait = 0.0
+        for _, token in late:
+            p = self._pending[token]
+            wait = min(2 * p.wait, MAX_ACK_WAIT)
+            self._pending[token] = _Pending(p.run, now + wait, wait)
+            self.resent += len(p.run)
+        log.warning("JetStream acks did not come in time; sending again, same reply subjects",
+                    extra={"messages": sum(len(self._pending[t].run) for _, t in late), "wait": wait})
+        await self._emit([(list(self._pending[t].run), t) for _, t in late])
 
     def _poke(self) -> None:
         self._changed.set()
@@ -229,8 +243,8 @@ class StoredAcks:
             return
         entry = self._pending.pop(token, None)
         if entry is None:
-            return  # an ack for a message already given up on (it was sent again)
-        run, data = entry[0], msg.data
+            return  # the other send's ack (a timed-out run went twice), or one from before a restart
+        run, data = entry.run, msg.data
         self._in_flight -= len(run)
         if not data or b'"error"' in data:  # no data: a 503 status (no stream took it)
             first = run[0]
@@ -239,6 +253,7 @@ class StoredAcks:
                 # after it): start a chain here rather than be refused forever.
                 run = (first._replace(expect=None), *run[1:])
             self._refused.extend(run)
+            self._refusal = _reason(data)
         else:
             self.stored += len(run)  # the whole run: the chain stored it in order
             if b'"duplicate":true' in data:
@@ -247,7 +262,7 @@ class StoredAcks:
 
     def _outstanding(self, msg_id: str | None) -> bool:
         """Whether ``msg_id`` waits for its ack or for a resend (rare: on a wrong-last refusal)."""
-        return any(o.msg.msg_id == msg_id for run, _ in self._pending.values() for o in run) or \
+        return any(o.msg.msg_id == msg_id for p in self._pending.values() for o in p.run) or \
             any(o.msg.msg_id == msg_id for o in self._refused)
 
     @staticmethod
@@ -264,61 +279,86 @@ class StoredAcks:
             ends.add(prev)
         return ends
 
-    def _track(self, run: list[_Out], now: float) -> int:
-        self._next += 1
-        self._pending[self._next] = (tuple(run), now)
-        self._in_flight += len(run)
-        run.clear()
-        return self._next
+    def _runs(self, msgs: list[_Out], now: float) -> list[tuple[list[_Out], int]]:
+        """A write's messages as runs, each under a new token (an unstored message is a run of
+        its own, token 0: no reply)."""
+        ends, runs, run = self._run_ends(msgs), [], []
+        for i, out in enumerate(msgs):
+            if out.msg.msg_id is None:
+                runs.append(([out], 0))
+                continue
+            run.append(out)
+            if i in ends:
+                self._next += 1
+                self._pending[self._next] = _Pending(tuple(run), now + self._timeout, self._timeout)
+                self._in_flight += len(run)
+                runs.append((run, self._next))
+                run = []
+        return runs
 
     async def _write(self, msgs: list[_Out]) -> None:
-        nc = self._nc
         if self._fence is not None and not self._fence():
             raise NotLeading
+        await self._emit(self._runs(msgs, anyio.current_time()))
+
+    async def _emit(self, runs: list[tuple[list[_Out], int]]) -> None:
+        """The runs as HPUB/PUB lines; each run's last message carries the reply subject of its token."""
+        nc = self._nc
         if nc.is_closed or not nc.is_connected or nc.is_draining_pubs:
             raise ConnectionClosedError  # never buffer while disconnected: the batch is held instead
-        now = anyio.current_time()
         inbox, inbox_b, lease = self._inbox, self._inbox_b, self.lease
-        ends, run = self._run_ends(msgs), []
         if not self._fast:
-            for i, out in enumerate(msgs):
-                m, reply, headers = out.msg, "", {}
-                if m.msg_id is not None:
-                    run.append(out)
-                    if i in ends:
-                        reply = f"{inbox}.{self._track(run, now)}"
-                    headers["Nats-Msg-Id"] = m.msg_id
-                    if out.expect is not None:
-                        headers["Nats-Expected-Last-Msg-Id"] = out.expect
-                if lease:
-                    k, _, v = lease.decode().strip().partition(": ")
-                    headers[k] = v
-                await nc.publish(m.subject, m.data, reply=reply, headers=headers or None)
+            for run, token in runs:
+                for j, out in enumerate(run):
+                    m, reply, headers = out.msg, "", {}
+                    if m.msg_id is not None:
+                        if token and j == len(run) - 1:
+                            reply = f"{inbox}.{token}"
+                        headers["Nats-Msg-Id"] = m.msg_id
+                        if out.expect is not None:
+                            headers["Nats-Expected-Last-Msg-Id"] = out.expect
+                    if lease:
+                        k, _, v = lease.decode().strip().partition(": ")
+                        headers[k] = v
+                    await nc.publish(m.subject, m.data, reply=reply, headers=headers or None)
             return
         # One write into nats-py's buffer: the HPUB lines publish() would write, minus its per-call cost.
-        cache, parts = self._subject_bytes, []
+        cache, parts, count = self._subject_bytes, [], 0
         append = parts.append
-        for i, out in enumerate(msgs):
-            _, m, expect = out
-            subject, data, msg_id = m
-            sb = cache.get(subject)
-            if sb is None:
-                sb = cache[subject] = subject.encode()
-            if msg_id is None:
-                if not lease:
-                    append(b"PUB %b %d\r\n%b\r\n" % (sb, len(data), data))
-                    continue
-                hdr = b"NATS/1.0\r\n%b\r\n" % lease
-                target = sb
-            else:
-                run.append(out)
-                target = b"%b %b.%d" % (sb, inbox_b, self._track(run, now)) if i in ends else sb
-                hdr = (b"NATS/1.0\r\n%bNats-Msg-Id: %b\r\n\r\n" % (lease, msg_id.encode()) if expect is None else
-                       b"NATS/1.0\r\n%bNats-Msg-Id: %b\r\nNats-Expected-Last-Msg-Id: %b\r\n\r\n"
-                       % (lease, msg_id.encode(), expect.encode()))
-            append(b"HPUB %b %d %d\r\n%b%b\r\n" % (target, len(hdr), len(hdr) + len(data), hdr, data))
+        for run, token in runs:
+            last = len(run) - 1
+            count += last + 1
+            for j, out in enumerate(run):
+                _, m, expect = out
+                subject, data, msg_id = m
+                sb = cache.get(subject)
+                if sb is None:
+                    sb = cache[subject] = subject.encode()
+                if msg_id is None:
+                    if not lease:
+                        append(b"PUB %b %d\r\n%b\r\n" % (sb, len(data), data))
+                        continue
+                    hdr = b"NATS/1.0\r\n%b\r\n" % lease
+                    target = sb
+                else:
+                    target = b"%b %b.%d" % (sb, inbox_b, token) if token and j == last else sb
+                    hdr = (b"NATS/1.0\r\n%bNats-Msg-Id: %b\r\n\r\n" % (lease, msg_id.encode()) if expect is None else
+                           b"NATS/1.0\r\n%bNats-Msg-Id: %b\r\nNats-Expected-Last-Msg-Id: %b\r\n\r\n"
+                           % (lease, msg_id.encode(), expect.encode()))
+                append(b"HPUB %b %d %d\r\n%b%b\r\n" % (target, len(hdr), len(hdr) + len(data), hdr, data))
         blob = b"".join(parts)
-        nc.stats["out_msgs"] += len(msgs)
+        nc.stats["out_msgs"] += count
         nc.stats["out_bytes"] += len(blob)
         await nc._send_command(blob)
         await nc._flush_pending()
+
+
+def _reason(data: bytes) -> str:
+    """A refusal's description (a PubAck error), or what there was of it."""
+    if not data:
+        return "no responders (503)"
+    try:
+        err = json.loads(data).get("error") or {}
+        return f"{err.get('description', '')} ({err.get('err_code', '')})"
+    except (ValueError, AttributeError):
+        return data[:200].decode(errors="replace")

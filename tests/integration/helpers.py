@@ -10,6 +10,7 @@ import sys
 from collections import defaultdict
 
 import anyio
+import anyio.abc
 import nats
 
 from mt5d.daemon.app import Daemon
@@ -333,3 +334,47 @@ class CliProcess:
             raise
         finally:
             self.log.close()
+
+
+class SlowLink:
+    """A TCP proxy in front of a real nats-server that delays everything the server sends by
+    ``delay`` seconds, in order (a slow network or a starved server, as the client sees it)."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self._target, self._delay = target_port, delay
+        self.port = 0
+
+    async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener:
+            task_status.started()
+            await listener.serve(self._pair)
+
+    async def _pair(self, client) -> None:
+        server = await anyio.connect_tcp("127.0.0.1", self._target)
+        send, receive = anyio.create_memory_object_stream[tuple[float, bytes]](10_000)
+        async with client, server, anyio.create_task_group() as tg:
+            tg.start_soon(self._copy, client, server)
+            tg.start_soon(self._read_late, server, send)
+            tg.start_soon(self._write_late, receive, client)
+
+    @staticmethod
+    async def _copy(src, dst) -> None:
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            async for chunk in src:
+                await dst.send(chunk)
+
+    async def _read_late(self, src, send) -> None:
+        async with send:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                async for chunk in src:
+                    await send.send((anyio.current_time() + self._delay, chunk))
+
+    @staticmethod
+    async def _write_late(receive, dst) -> None:
+        async with receive:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                async for due, chunk in receive:
+                    await anyio.sleep(max(0.0, due - anyio.current_time()))  # the link's delay itself
+                    await dst.send(chunk)

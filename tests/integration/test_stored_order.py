@@ -16,6 +16,7 @@ from nats.js.api import StreamConfig
 from mt5d.actors.acks import Stored, StoredAcks
 from mt5d.codec import Codec
 from mt5d.subjects import Subjects
+from tests.integration.helpers import SlowLink
 
 pytestmark = pytest.mark.anyio
 
@@ -51,4 +52,39 @@ async def test_a_refused_publish_in_the_middle_is_stored_in_its_place(fresh_nats
     finally:
         await nc.close()
     assert got == [m.msg_id for m in msgs]  # every one once, in the order sent
+    assert info.state.messages == len(msgs)
+
+
+async def test_acks_slower_than_the_timeout_still_confirm(fresh_nats):
+    """Every ack arrives after the ack timeout (a link that delays the server's side by 0.6 s,
+    timeout 0.3 s): each late run is sent again under its own reply subject with more time, so
+    the first ack that comes confirms it. (With new reply subjects for each resend, every ack
+    would be one send too late, forever.)"""
+    link = SlowLink(fresh_nats.port, delay=0.6)
+    async with anyio.create_task_group() as tg:
+        await tg.start(link.run)
+        nc = await nats.connect(f"nats://127.0.0.1:{link.port}", connect_timeout=5)
+        js = nc.jetstream(timeout=5)
+        await js.add_stream(StreamConfig(name="SLOW", subjects=["slow.>"]))
+        acks = StoredAcks(nc=nc, subjects=Subjects("mt5", "x"), codec=Codec("json"), kinds=("tick",),
+                          ack_timeout=0.3)
+        await acks.start()
+        msgs = [Stored(f"slow.{i % 3}", b"x", f"s{i}") for i in range(300)]
+        try:
+            for i in range(0, len(msgs), 30):  # ten writes, as ten poll cycles would
+                await acks.send(msgs[i:i + 30])
+            with anyio.fail_after(20):
+                await acks.settle()
+            info = await js.stream_info("SLOW")
+            sub = await js.subscribe("slow.>", ordered_consumer=True, stream="SLOW")
+            got = []
+            with anyio.fail_after(20):
+                while len(got) < len(msgs):
+                    got.append((await sub.next_msg(timeout=10)).headers["Nats-Msg-Id"])
+        finally:
+            await nc.close()
+            tg.cancel_scope.cancel()
+    assert acks.stored == len(msgs)
+    assert acks.resent > 0  # the acks were late, and the runs went again
+    assert got == [m.msg_id for m in msgs]
     assert info.state.messages == len(msgs)
