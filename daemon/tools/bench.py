@@ -16,6 +16,9 @@ subscriber in this process receiving what it publishes:
   in the bridge's process) and latency;
 - naive: the loop users would write (``symbol_info_tick`` -> JSON -> NATS every
   10 ms) at the same load, in its own process: its CPU and what it delivers;
+- floor: what any design pays at that load before it builds a tick, in a
+  process of its own: waking every 10 ms, then writing the PUB lines of 100
+  ticks at each wake, then a no-op terminal-thread round trip before the write;
 - idle: 50 symbols (10 of them with a book), no ticks, 10 ms poll: CPU %, with
   account tracking on (the default) and off;
 - books: 10 symbols with a 10-level book each, 10 ticks/s (so 10 book
@@ -32,7 +35,7 @@ subscriber in this process receiving what it publishes:
   5 times: time from the kill to the first tick from the new leader (p50,
   max), ticks lost and duplicates stored (the stream vs the sim's history).
 
-Saturation, realistic (both) and naive run ``REPEATS`` times: each figure is
+Saturation, realistic (both), naive and floor run ``REPEATS`` times: each figure is
 the median, with ``<key>_min`` and ``<key>_max`` beside it.
 
 ``--faults SECONDS`` runs the fault soak instead (``fault_soak.py``).
@@ -416,6 +419,60 @@ def _naive_main(url: str) -> int:
             await anyio.sleep(0.01)
 
     anyio.run(main)
+    return 0
+
+
+FLOOR_MODES = ("wake", "write", "hop_write")
+
+
+async def phase_floor(url: str, seconds: float) -> dict:
+    """What any design pays at the realistic load before it builds one tick: a process that wakes
+    every 10 ms (``wake``), and writes the PUB lines of a cycle's 100 ticks to NATS at each wake
+    (``write``), after a no-op round trip through a terminal thread (``hop_write``). Process CPU."""
+    rx = await Receiver().start(url, SUBJECTS.all_ticks())
+    out = {}
+    try:
+        for mode in FLOOR_MODES:
+            proc = await anyio.run_process([sys.executable, "-m", "mt5d.daemon.tools.bench", "floor", url, mode,
+                                            str(seconds)], stderr=subprocess.DEVNULL)
+            out[f"floor_{mode}_cpu_pct"] = msgspec.json.decode(proc.stdout)["cpu_pct"]
+    finally:
+        await rx.nc.close()
+    return out
+
+
+def _floor_main(url: str, mode: str, seconds: float) -> int:
+    from mt5d.codec import Codec
+    from mt5d.daemon.terminal.thread import TerminalThread
+    from mt5d.market import Tick
+
+    codec = Codec("json")
+    ticks = [Tick(symbol=f"S{i % SYMBOLS_50}", time_msc_broker=1_764_660_000_123 + i, time_utc_ms=1_764_652_800_123 + i,
+                  bid=1.16234, ask=1.16245, last=0.0, volume=0, volume_real=0.0, flags=6) for i in range(100)]
+    blob = b"".join(b"PUB %b %d\r\n%b\r\n" % (SUBJECTS.tick(t.symbol).encode(), len(d), d)
+                    for t in ticks for d in [codec.encode(t)])
+    thread = TerminalThread()
+    noop = lambda: None  # noqa: E731
+
+    async def main() -> float:
+        nc = await open_nats(url)
+        await anyio.sleep(1.0)
+        c0, t0 = time.process_time(), time.perf_counter()
+        due = t0
+        while time.perf_counter() - t0 < seconds:
+            if mode == "hop_write":
+                await thread.call(noop, 5.0)
+            if mode != "wake":
+                await nc._send_command(blob)
+                await nc._flush_pending()
+            due += 0.01
+            await anyio.sleep(max(0.0, due - time.perf_counter()))
+        cpu = (time.process_time() - c0) / (time.perf_counter() - t0) * 100
+        await nc.close()
+        return cpu
+
+    print(msgspec.json.encode({"cpu_pct": round(anyio.run(main), 2)}).decode(), flush=True)
+    thread.stop()
     return 0
 
 
@@ -947,6 +1004,7 @@ async def run_bench(quick: bool, soak: float) -> dict:
                 results.update(_median([await phase_realistic(server.url, 15 * scale, rpyc=True)
                                         for _ in range(REPEATS)]))
             results.update(_median([await phase_naive(server.url, 10 * scale) for _ in range(REPEATS)]))
+            results.update(_median([await phase_floor(server.url, 10 * scale) for _ in range(REPEATS)]))
             results.update(await phase_idle(server.url, 20 * scale))
             results.update(await phase_books(server.url, 15 * scale))
             results.update(await phase_completeness(server, 30 * scale))
@@ -993,6 +1051,8 @@ def _table(r: dict) -> str:
         ("rpyc bridge: latency p99.9 ms (target <= 20)", g("rpyc_latency_p999_ms")),
         ("naive loop: process CPU % (sim in process)", g("naive_cpu_pct")),
         ("naive loop: ticks/s delivered", g("naive_ticks_per_s")),
+        ("floor CPU %: a wake every 10 ms / + one write of 100 ticks / + a terminal-thread round trip",
+         f'{g("floor_wake_cpu_pct")} / {g("floor_write_cpu_pct")} / {g("floor_hop_write_cpu_pct")}'),
         ("RSS MB / growth % (target < 5)", f'{r["rss_mb"]} / {r["rss_growth_pct"]} over {r["rss_window_s"]} s'),
         ("idle: CPU % with account tracking (10 of 50 symbols with books; target <= 2)", r["idle_cpu_pct"]),
         ("idle: CPU % without account tracking", r["idle_cpu_pct_no_account"]),
@@ -1039,6 +1099,8 @@ def main(args) -> int:
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "child":
         sys.exit(_child_main(sys.argv[2]))
+    if len(sys.argv) >= 5 and sys.argv[1] == "floor":
+        sys.exit(_floor_main(sys.argv[2], sys.argv[3], float(sys.argv[4])))
     if len(sys.argv) >= 3 and sys.argv[1] == "naive":
         sys.exit(_naive_main(sys.argv[2]))
     print("usage: mt5d bench [--json] [--soak SECONDS]", file=sys.stderr)
