@@ -163,7 +163,11 @@ class Connection:
         # One span per request (a poll hop, a probe, an RPC's fetch), in the caller's task.
         with self._tel.span("terminal.reconnect" if fn is None else f"terminal.{getattr(fn, '__name__', 'call')}"):
             async with reply_recv:
-                await self._send.send(_Request(fn, timeout, reply_send, lane, order, start_by))
+                req = _Request(fn, timeout, reply_send, lane, order, start_by)
+                try:  # (send() yields to the loop even when there is room)
+                    self._send.send_nowait(req)
+                except anyio.WouldBlock:
+                    await self._send.send(req)
                 result, error = await reply_recv.receive()
             if error is not None:
                 raise error

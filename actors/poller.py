@@ -120,7 +120,10 @@ class Poller:
             if batch is not None and (batch.ticks or batch.candles or batch.forming or batch.books or batch.account
                                       or batch.cursors or batch.bars):
                 batch.term = self.term
-                await self._out.send(batch)
+                try:  # (send() yields to the loop even when there is room: a loop pass per cycle)
+                    self._out.send_nowait(batch)
+                except anyio.WouldBlock:
+                    await self._out.send(batch)  # the publisher holds batches while NATS is down
             if batch is not None and batch.ticks:
                 quiet_since = anyio.current_time()
                 self.last_tick_at = quiet_since

@@ -209,7 +209,8 @@ class Publisher:
         return b"".join(parts)
 
     async def _send(self, msgs: _Messages) -> bool:
-        await self._up.wait()
+        if not self._up.is_set():  # (wait() on a set event still yields to the loop)
+            await self._up.wait()
         try:
             if self._stored is not None:
                 try:
