@@ -228,9 +228,14 @@ class StoredAcks:
             wait = min(2 * p.wait, MAX_ACK_WAIT)
             self._pending[token] = _Pending(p.run, now + wait, wait)
             self.resent += len(p.run)
+        msgs: list[_Out] = []
+        tokens: dict[int, int] = {}
+        for _, token in late:  # each run's last message carries its token
+            msgs.extend(self._pending[token].run)
+            tokens[len(msgs) - 1] = token
         log.warning("JetStream acks did not come in time; sending again, same reply subjects",
-                    extra={"messages": sum(len(self._pending[t].run) for _, t in late), "wait": wait})
-        await self._emit([(list(self._pending[t].run), t) for _, t in late])
+                    extra={"messages": len(msgs), "wait": wait})
+        await self._emit(msgs, tokens, tokens)
 
     def _poke(self) -> None:
         self._changed.set()
@@ -279,75 +284,71 @@ class StoredAcks:
             ends.add(prev)
         return ends
 
-    def _runs(self, msgs: list[_Out], now: float) -> list[tuple[list[_Out], int]]:
-        """A write's messages as runs, each under a new token (an unstored message is a run of
-        its own, token 0: no reply)."""
-        ends, runs, run = self._run_ends(msgs), [], []
-        for i, out in enumerate(msgs):
-            if out.msg.msg_id is None:
-                runs.append(([out], 0))
-                continue
-            run.append(out)
-            if i in ends:
-                self._next += 1
-                self._pending[self._next] = _Pending(tuple(run), now + self._timeout, self._timeout)
-                self._in_flight += len(run)
-                runs.append((run, self._next))
-                run = []
-        return runs
+    def _track(self, run: list[_Out], now: float) -> int:
+        self._next += 1
+        self._pending[self._next] = tuple.__new__(_Pending, (tuple(run), now + self._timeout, self._timeout))
+        self._in_flight += len(run)
+        run.clear()
+        return self._next
 
     async def _write(self, msgs: list[_Out]) -> None:
         if self._fence is not None and not self._fence():
             raise NotLeading
-        await self._emit(self._runs(msgs, anyio.current_time()))
+        await self._emit(msgs, self._run_ends(msgs))
 
-    async def _emit(self, runs: list[tuple[list[_Out], int]]) -> None:
-        """The runs as HPUB/PUB lines; each run's last message carries the reply subject of its token."""
+    async def _emit(self, msgs: list[_Out], ends, tokens: dict[int, int] | None = None) -> None:
+        """The messages as HPUB/PUB lines; the last of each run (``ends``) carries the reply
+        subject of its run's token: a new one, or ``tokens``' (a late run sent again)."""
         nc = self._nc
         if nc.is_closed or not nc.is_connected or nc.is_draining_pubs:
             raise ConnectionClosedError  # never buffer while disconnected: the batch is held instead
+        now = anyio.current_time()
         inbox, inbox_b, lease = self._inbox, self._inbox_b, self.lease
+        run: list[_Out] = []
         if not self._fast:
-            for run, token in runs:
-                for j, out in enumerate(run):
-                    m, reply, headers = out.msg, "", {}
-                    if m.msg_id is not None:
-                        if token and j == len(run) - 1:
-                            reply = f"{inbox}.{token}"
-                        headers["Nats-Msg-Id"] = m.msg_id
-                        if out.expect is not None:
-                            headers["Nats-Expected-Last-Msg-Id"] = out.expect
-                    if lease:
-                        k, _, v = lease.decode().strip().partition(": ")
-                        headers[k] = v
-                    await nc.publish(m.subject, m.data, reply=reply, headers=headers or None)
+            for i, out in enumerate(msgs):
+                m, reply, headers = out.msg, "", {}
+                if m.msg_id is not None:
+                    if tokens is None:
+                        run.append(out)
+                    if i in ends:
+                        reply = f"{inbox}.{tokens[i] if tokens else self._track(run, now)}"
+                    headers["Nats-Msg-Id"] = m.msg_id
+                    if out.expect is not None:
+                        headers["Nats-Expected-Last-Msg-Id"] = out.expect
+                if lease:
+                    k, _, v = lease.decode().strip().partition(": ")
+                    headers[k] = v
+                await nc.publish(m.subject, m.data, reply=reply, headers=headers or None)
             return
         # One write into nats-py's buffer: the HPUB lines publish() would write, minus its per-call cost.
-        cache, parts, count = self._subject_bytes, [], 0
+        cache, parts = self._subject_bytes, []
         append = parts.append
-        for run, token in runs:
-            last = len(run) - 1
-            count += last + 1
-            for j, out in enumerate(run):
-                _, m, expect = out
-                subject, data, msg_id = m
-                sb = cache.get(subject)
-                if sb is None:
-                    sb = cache[subject] = subject.encode()
-                if msg_id is None:
-                    if not lease:
-                        append(b"PUB %b %d\r\n%b\r\n" % (sb, len(data), data))
-                        continue
-                    hdr = b"NATS/1.0\r\n%b\r\n" % lease
-                    target = sb
+        for i, out in enumerate(msgs):
+            _, m, expect = out
+            subject, data, msg_id = m
+            sb = cache.get(subject)
+            if sb is None:
+                sb = cache[subject] = subject.encode()
+            if msg_id is None:
+                if not lease:
+                    append(b"PUB %b %d\r\n%b\r\n" % (sb, len(data), data))
+                    continue
+                hdr = b"NATS/1.0\r\n%b\r\n" % lease
+                target = sb
+            else:
+                if tokens is None:
+                    run.append(out)
+                if i in ends:
+                    target = b"%b %b.%d" % (sb, inbox_b, tokens[i] if tokens else self._track(run, now))
                 else:
-                    target = b"%b %b.%d" % (sb, inbox_b, token) if token and j == last else sb
-                    hdr = (b"NATS/1.0\r\n%bNats-Msg-Id: %b\r\n\r\n" % (lease, msg_id.encode()) if expect is None else
-                           b"NATS/1.0\r\n%bNats-Msg-Id: %b\r\nNats-Expected-Last-Msg-Id: %b\r\n\r\n"
-                           % (lease, msg_id.encode(), expect.encode()))
-                append(b"HPUB %b %d %d\r\n%b%b\r\n" % (target, len(hdr), len(hdr) + len(data), hdr, data))
+                    target = sb
+                hdr = (b"NATS/1.0\r\n%bNats-Msg-Id: %b\r\n\r\n" % (lease, msg_id.encode()) if expect is None else
+                       b"NATS/1.0\r\n%bNats-Msg-Id: %b\r\nNats-Expected-Last-Msg-Id: %b\r\n\r\n"
+                       % (lease, msg_id.encode(), expect.encode()))
+            append(b"HPUB %b %d %d\r\n%b%b\r\n" % (target, len(hdr), len(hdr) + len(data), hdr, data))
         blob = b"".join(parts)
-        nc.stats["out_msgs"] += count
+        nc.stats["out_msgs"] += len(msgs)
         nc.stats["out_bytes"] += len(blob)
         await nc._send_command(blob)
         await nc._flush_pending()
