@@ -39,11 +39,11 @@ last-value stream captures the forming bar), never awaited.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import NamedTuple
 
 import anyio
+import msgspec
 from nats.errors import ConnectionClosedError
 
 from mt5d.actors.messages import Batch
@@ -359,7 +359,7 @@ def _reason(data: bytes) -> str:
     if not data:
         return "no responders (503)"
     try:
-        err = json.loads(data).get("error") or {}
+        err = msgspec.json.decode(data).get("error") or {}
         return f"{err.get('description', '')} ({err.get('err_code', '')})"
-    except (ValueError, AttributeError):
+    except (msgspec.DecodeError, AttributeError):
         return data[:200].decode(errors="replace")
