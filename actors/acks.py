@@ -222,16 +222,15 @@ class StoredAcks:
     async def _resend_late(self, now: float) -> None:
         """Runs whose ack is late go again under their own token, in their first order."""
         late = sorted((p.run[0].order, token) for token, p in self._pending.items() if p.deadline <= now)
+        msgs: list[_Out] = []
+        tokens: dict[int, int] = {}  # each run's last message carries its token
         wait = 0.0
         for _, token in late:
             p = self._pending[token]
             wait = min(2 * p.wait, MAX_ACK_WAIT)
             self._pending[token] = _Pending(p.run, now + wait, wait)
             self.resent += len(p.run)
-        msgs: list[_Out] = []
-        tokens: dict[int, int] = {}
-        for _, token in late:  # each run's last message carries its token
-            msgs.extend(self._pending[token].run)
+            msgs.extend(p.run)
             tokens[len(msgs) - 1] = token
         log.warning("JetStream acks did not come in time; sending again, same reply subjects",
                     extra={"messages": len(msgs), "wait": wait})

@@ -30,6 +30,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from mt5d.actors.logic.breaker import BreakerPolicy
 from mt5d.actors.logic.gate import Gate
+from mt5d.actors.messages import send
 from mt5d.daemon.telemetry import Telemetry
 from mt5d.daemon.terminal.api import TerminalApi
 from mt5d.daemon.terminal.thread import TerminalThread
@@ -163,11 +164,7 @@ class Connection:
         # One span per request (a poll hop, a probe, an RPC's fetch), in the caller's task.
         with self._tel.span("terminal.reconnect" if fn is None else f"terminal.{getattr(fn, '__name__', 'call')}"):
             async with reply_recv:
-                req = _Request(fn, timeout, reply_send, lane, order, start_by)
-                try:  # (send() yields to the loop even when there is room)
-                    self._send.send_nowait(req)
-                except anyio.WouldBlock:
-                    await self._send.send(req)
+                await send(self._send, _Request(fn, timeout, reply_send, lane, order, start_by))
                 result, error = await reply_recv.receive()
             if error is not None:
                 raise error

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import anyio
+
 from mt5d.market import Candle, Tick
 
-__all__ = ["Batch"]
+__all__ = ["Batch", "send"]
+
+
+async def send(stream, item) -> None:
+    """``stream.send(item)``, without its yield to the loop when there is room (anyio's send
+    always yields: one event-loop pass per message, per poll cycle)."""
+    try:
+        stream.send_nowait(item)
+    except anyio.WouldBlock:
+        await stream.send(item)  # full: wait (the publisher holds batches while NATS is down)
 
 
 @dataclass(slots=True)

@@ -27,7 +27,7 @@ from mt5d.actors.logic.bars import CandleTracker, bar_end, bar_start
 from mt5d.actors.logic.history import candles_from_rates, tick_rows, ticks_from_rows
 from mt5d.actors.connection import Connection
 from mt5d.actors.logic.cursor import TickCursor
-from mt5d.actors.messages import Batch
+from mt5d.actors.messages import Batch, send
 from mt5d.actors.prices import PriceCache
 from mt5d.actors.logic.utc import UtcOffset
 from mt5d.daemon.telemetry import Telemetry
@@ -120,10 +120,7 @@ class Poller:
             if batch is not None and (batch.ticks or batch.candles or batch.forming or batch.books or batch.account
                                       or batch.cursors or batch.bars):
                 batch.term = self.term
-                try:  # (send() yields to the loop even when there is room: a loop pass per cycle)
-                    self._out.send_nowait(batch)
-                except anyio.WouldBlock:
-                    await self._out.send(batch)  # the publisher holds batches while NATS is down
+                await send(self._out, batch)
             if batch is not None and batch.ticks:
                 quiet_since = anyio.current_time()
                 self.last_tick_at = quiet_since
