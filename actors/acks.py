@@ -4,11 +4,12 @@ Every stored message (ticks, closed candles, account events) goes out with
 ``Nats-Msg-Id`` (its identity). At most ``max_in_flight`` messages wait for
 their ack; an ack that says "error" sends them again (the duplicate window
 drops what was stored already). One that does not come within ``ack_timeout``
-sends them again under the same reply subject, with twice the time to answer
-(up to ``MAX_ACK_WAIT``): a slow stream (a starved cluster, a leader that is
-catching up) is waited for, and the first ack that comes, of either send,
-confirms them. Given new reply subjects, a stream slower than the timeout
-would be sent the same messages forever, every ack one send too late. Core
+sends them again under the same reply subject: the first ack that comes, of
+any send, confirms them, so a slow stream (a starved cluster, a leader that
+is catching up) is confirmed as soon as it answers. Given new reply subjects,
+a stream slower than the timeout would be sent the same messages forever,
+every ack one send too late. (The wait does not grow: an ack that is lost,
+not late, is sent again after the same timeout.) Core
 subscribers receive the same subjects as before: a stored publish is an
 ordinary publish, some with a reply subject.
 
@@ -77,13 +78,11 @@ class _Out(NamedTuple):
 
 
 WRONG_LAST_MSG_ID = b'"err_code":10070'
-MAX_ACK_WAIT = 60.0  # the longest a timed-out run waits for its ack before it is sent again
 
 
 class _Pending(NamedTuple):
     run: tuple[_Out, ...]  # the reply subject's token stands for the whole run (see the module doc)
-    deadline: float
-    wait: float  # the time it was given to answer (doubles at each resend)
+    deadline: float  # sent again then, under the same token
 
 
 class StoredAcks:
@@ -224,16 +223,14 @@ class StoredAcks:
         late = sorted((p.run[0].order, token) for token, p in self._pending.items() if p.deadline <= now)
         msgs: list[_Out] = []
         tokens: dict[int, int] = {}  # each run's last message carries its token
-        wait = 0.0
         for _, token in late:
             p = self._pending[token]
-            wait = min(2 * p.wait, MAX_ACK_WAIT)
-            self._pending[token] = _Pending(p.run, now + wait, wait)
+            self._pending[token] = _Pending(p.run, now + self._timeout)
             self.resent += len(p.run)
             msgs.extend(p.run)
             tokens[len(msgs) - 1] = token
         log.warning("JetStream acks did not come in time; sending again, same reply subjects",
-                    extra={"messages": len(msgs), "wait": wait})
+                    extra={"messages": len(msgs)})
         await self._emit(msgs, tokens, tokens)
 
     def _poke(self) -> None:
@@ -285,7 +282,7 @@ class StoredAcks:
 
     def _track(self, run: list[_Out], now: float) -> int:
         self._next += 1
-        self._pending[self._next] = tuple.__new__(_Pending, (tuple(run), now + self._timeout, self._timeout))
+        self._pending[self._next] = tuple.__new__(_Pending, (tuple(run), now + self._timeout))
         self._in_flight += len(run)
         run.clear()
         return self._next

@@ -57,8 +57,8 @@ async def test_a_refused_publish_in_the_middle_is_stored_in_its_place(fresh_nats
 
 async def test_acks_slower_than_the_timeout_still_confirm(fresh_nats):
     """Every ack arrives after the ack timeout (a link that delays the server's side by 0.6 s,
-    timeout 0.3 s): each late run is sent again under its own reply subject with more time, so
-    the first ack that comes confirms it. (With new reply subjects for each resend, every ack
+    timeout 0.3 s): each late run is sent again under its own reply subject, so the first ack
+    that comes confirms it. (With new reply subjects for each resend, every ack
     would be one send too late, forever.)"""
     link = SlowLink(fresh_nats.port, delay=0.6)
     async with anyio.create_task_group() as tg:
