@@ -171,7 +171,8 @@ class StoredAcks:
             if room <= 0:
                 await self._wait(lambda: self._in_flight < self._max)
                 continue
-            await self._write(out[i:i + room])
+            chunk = out[i:i + room]
+            await self._emit(chunk, self._run_ends(chunk))
             i += room
 
     async def settle(self) -> None:
@@ -287,14 +288,11 @@ class StoredAcks:
         run.clear()
         return self._next
 
-    async def _write(self, msgs: list[_Out]) -> None:
-        if self._fence is not None and not self._fence():
-            raise NotLeading
-        await self._emit(msgs, self._run_ends(msgs))
-
     async def _emit(self, msgs: list[_Out], ends, tokens: dict[int, int] | None = None) -> None:
         """The messages as HPUB/PUB lines; the last of each run (``ends``) carries the reply
         subject of its run's token: a new one, or ``tokens``' (a late run sent again)."""
+        if self._fence is not None and not self._fence():
+            raise NotLeading  # a resend too: a daemon that lost its lease sends nothing
         nc = self._nc
         if nc.is_closed or not nc.is_connected or nc.is_draining_pubs:
             raise ConnectionClosedError  # never buffer while disconnected: the batch is held instead
