@@ -98,14 +98,19 @@ class Poller:
 
     async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        quiet_since = anyio.current_time()
+        quiet_since = due = anyio.current_time()
+        interval = self._poll
         while True:
             if self._gate is not None:
                 term, seed = await self._gate()
                 if seed is not None:  # a takeover: go on from what the stream holds
                     self.reseed(*seed)
                 self.term = term
-            started = anyio.current_time()
+            # A fixed rate: each cycle is due one interval after the one before was due, not
+            # after it started. Every wake-up is late (epoll counts whole milliseconds), and
+            # timing from the start adds that to every period, and so to every tick's wait.
+            if anyio.current_time() - due > interval:
+                due = anyio.current_time()  # more than a period late (a stall, a gate): afresh
             t0 = time.perf_counter()
             try:
                 batch = await self.cycle()
@@ -125,7 +130,8 @@ class Poller:
                 quiet_since = anyio.current_time()
                 self.last_tick_at = quiet_since
             interval = self._poll if anyio.current_time() - quiet_since < IDLE_AFTER else self._idle
-            await anyio.sleep_until(started + interval)
+            due += interval
+            await anyio.sleep_until(due)
 
     def reseed(self, cursors: dict[str, TickCursor], bars: dict[tuple[str, str], int]) -> None:
         """Capture goes on from these cursors and last closed bars (the stream's, at a takeover);

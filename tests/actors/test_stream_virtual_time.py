@@ -35,7 +35,8 @@ def anyio_backend():
 
 
 class Rig:
-    def __init__(self, base: float, *, faults=(), tps=20.0, symbols=SYMBOLS, timeframes=("M1",), poll=0.05) -> None:
+    def __init__(self, base: float, *, faults=(), tps=20.0, symbols=SYMBOLS, timeframes=("M1",), poll=0.05,
+                 gate=None) -> None:
         self.base = base
         self.wall = lambda: base + anyio.current_time()
         self.sim = SimTerminal(seed=11, clock=self.wall, ticks_per_second=tps, faults=list(faults),
@@ -50,8 +51,9 @@ class Rig:
         )
         self.utc = UtcOffset()
         self.poller = Poller(conn=self.conn, timeframes=timeframes, out=self.out_send, prices=PriceCache(),
-                             utc=self.utc, poll_interval=poll, idle_interval=0.5, wall_clock=self.wall)
+                             utc=self.utc, poll_interval=poll, idle_interval=0.5, wall_clock=self.wall, gate=gate)
         self.ticks = defaultdict(list)
+        self.waits_ms: list[float] = []  # from a tick's time to its batch reaching the publisher
         self.candles = []
         self.changes: list[str] = []
 
@@ -66,8 +68,10 @@ class Rig:
 
     async def _collect(self) -> None:
         async for batch in self.out_recv:
+            now_ms = self.wall() * 1000
             for t in batch.ticks:
                 self.ticks[t.symbol].append(t)
+                self.waits_ms.append(now_ms - t.time_utc_ms)
             self.candles.extend(batch.candles)
 
     async def _watch(self) -> None:
@@ -103,6 +107,24 @@ async def test_every_tick_once_in_order_with_shared_milliseconds():
     assert shared > 10  # the sim puts several ticks in one millisecond
     # Winter: UTC+2.
     assert all(t.time_msc_broker - t.time_utc_ms == 7_200_000 for t in rig.ticks["EURUSD"])
+
+
+async def test_a_late_wake_up_does_not_stretch_the_poll_period():
+    """Each cycle is due one poll interval after the one before was due. Every real wake-up
+    comes late (epoll rounds up to whole milliseconds, and more on a loaded machine): timed
+    from each start, the lateness adds to every period, and so to every tick's wait."""
+
+    async def late_wake_up():  # the gate runs at the top of each cycle: 3 ms late, each time
+        await anyio.sleep(0.003)
+        return 0, None
+
+    rig = Rig(BASE, tps=200.0, poll=0.01, gate=late_wake_up)
+    await rig.run_for(10)
+    for s in SYMBOLS:
+        rig.assert_exactly_once(s)
+    assert len(rig.waits_ms) > 3000
+    # Cycles at 3, 13, 23 ... ms: no tick waits more than the 10 ms poll (at 3, 16, 29 ...: 13 ms).
+    assert max(rig.waits_ms) <= 10.0
 
 
 async def test_more_ticks_than_one_fetch_returns(monkeypatch):
