@@ -116,6 +116,7 @@ class RpycTerminal:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = host == "localhost"
+        self._loopback = loopback
         if not loopback:
             log.warning(
                 "rpyc bridge is not on loopback: rpyc classic runs any code sent to it; "
@@ -129,6 +130,11 @@ class RpycTerminal:
         conn = rpyc.classic.connect(self._host, self._port)
         # rpyc's own timeout must be above ours, so ours fires first.
         conn._config["sync_request_timeout"] = self._timeout
+        if self._loopback:
+            # rpyc zlib-compresses every frame over 3 kB, both ways: a poll cycle's ticks, a
+            # history page. On loopback that is CPU on both sides for no bytes saved.
+            conn._channel.compress = False
+            conn.root.getconn()._channel.compress = False
         conn.execute(_BRIDGE_CODE)
         conn.namespace["_mt5d_load"](_hop_sources())
         self._conn, self._call = conn, conn.namespace["_mt5d_call"]

@@ -8,6 +8,9 @@ error, so one refused symbol never hides the others.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 
 import numpy as np
@@ -140,6 +143,48 @@ def test_a_lost_bridge_fails_the_cycle_as_a_connection_error():
     bridge.stop()
     with pytest.raises(MT5ConnectionError, match="poll cycle"):
         api.cycle((("ticks", (SYMBOLS, (None,) * len(SYMBOLS), 10_000)), ("rates", ())))
+
+
+class CountingLink:
+    """A loopback TCP proxy for one connection, counting the bytes the far side sends back."""
+
+    def __init__(self, target_port: int) -> None:
+        self.received = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, args=(target_port,), daemon=True).start()
+
+    def _serve(self, target_port: int) -> None:
+        client, _ = self._listener.accept()
+        self._listener.close()
+        server = socket.create_connection(("127.0.0.1", target_port))
+        threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+        self._pipe(server, client, True)
+
+    def _pipe(self, src, dst, count: bool) -> None:
+        with contextlib.suppress(OSError):  # the other direction ended first and closed both
+            while data := src.recv(65536):
+                if count:
+                    self.received += len(data)  # before it is passed on: counted once the client has it
+                dst.sendall(data)
+        src.close()
+        dst.close()
+
+
+def test_on_loopback_the_bridge_sends_its_answers_uncompressed():
+    """rpyc zlib-compresses every frame over 3 kB, both ways; on loopback that is CPU on both
+    sides (a poll cycle's ticks, every history page) for no bytes saved."""
+    bridge = RpycBridge(**SIM)
+    try:
+        link = CountingLink(bridge.port)
+        api = connected(RpycTerminal("127.0.0.1", link.port, request_timeout=30.0))
+        now_s = int(api.symbol_info_tick("EURUSD").time)
+        before = link.received
+        arr = api.copy_ticks_range("EURUSD", now_s - 600, now_s, -1)
+        assert len(arr) > 1000  # ~50 ticks/s: compressible, far over the threshold
+        assert link.received - before >= arr.nbytes
+    finally:
+        bridge.stop()
 
 
 def test_books_come_back_as_plain_entries_and_a_symbol_without_depth_is_refused(backend):
