@@ -12,6 +12,8 @@ import inspect
 import ipaddress
 import logging
 import pickle
+import socket
+import struct
 import time
 from dataclasses import replace
 from typing import Any, Callable
@@ -19,6 +21,11 @@ from typing import Any, Callable
 from mt5d.errors import MT5InitError
 
 __all__ = ["sim_terminal", "native_module", "RpycTerminal"]
+
+_LENGTH = struct.Struct(">I")  # a frame's length, before it (see _mt5d_frames)
+_RPYC_HEADER = struct.Struct("!LB")  # rpyc's own frame: length, compressed, the data, then b"\n"
+_MARK = b"mt5d-frames\x00"  # (as _MT5D_MARK in the bridge)
+_MARK_FRAME = _RPYC_HEADER.pack(len(_MARK), 0) + _MARK + b"\n"
 
 log = logging.getLogger("mt5d.terminal")
 
@@ -60,6 +67,7 @@ def native_module() -> Any:
 # is one round trip too.
 _BRIDGE_CODE = '''
 import pickle as _p
+_MT5D_MARK = b"mt5d-frames\\x00"  # no rpyc message starts with "m"
 import MetaTrader5 as _mt5
 def _mt5d_one(name, args, kwargs=()):
     res = getattr(_mt5, name)(*args, **dict(kwargs))
@@ -91,6 +99,38 @@ def _mt5d_cycle(blob):
     out = io.BytesIO()
     _MT5dPickler(out, protocol=4).dump(_mt5d_hop.run(_mt5, _p.loads(blob)))
     return out.getvalue()
+def _mt5d_frames(conn):
+    # This connection's socket, from here on, in frames of our own: a 4-byte length, then a
+    # kind byte (c: call, y: cycle) and its blob; the answer a length, then an ok byte
+    # (1, or 0 and the error's text) and the blob. Its serving thread stays in this loop.
+    import struct, socket as _s
+    sock = conn._channel.stream.sock
+    sock.settimeout(None)
+    sock.setsockopt(_s.IPPROTO_TCP, _s.TCP_NODELAY, 1)
+    def exact(n):
+        buf = bytearray()
+        while len(buf) < n:
+            got = sock.recv(n - len(buf))
+            if not got:
+                raise EOFError
+            buf += got
+        return bytes(buf)
+    try:
+        # rpyc frames the client sent before this call's (netref releases) may still come:
+        # skip them up to its marker, then mark the start of ours the same way.
+        while exact(struct.unpack("!LB", exact(5))[0] + 1)[:-1] != _MT5D_MARK:  # (+ rpyc's "\\n")
+            pass
+        sock.sendall(struct.pack("!LB", len(_MT5D_MARK), 0) + _MT5D_MARK + b"\\n")
+        while True:
+            size, = struct.unpack(">I", exact(4))
+            frame = exact(size)
+            try:
+                answer = b"\\x01" + (_mt5d_call if frame[:1] == b"c" else _mt5d_cycle)(frame[1:])
+            except Exception as err:
+                answer = b"\\x00" + repr(err).encode()
+            sock.sendall(struct.pack(">I", len(answer)) + answer)
+    except (OSError, EOFError):
+        sock.close()
 '''
 
 
@@ -103,20 +143,23 @@ def _hop_sources() -> tuple[str, ...]:
 
 
 class RpycTerminal:
-    """The MetaTrader5 function set over an rpyc classic bridge."""
+    """The MetaTrader5 function set over an rpyc classic bridge.
+
+    rpyc sets the bridge up (its code, the hop's source); then the connection's
+    socket carries frames of its own (``_mt5d_frames``): rpyc's request
+    machinery cost the daemon more CPU per poll cycle than reading its answer.
+    """
 
     def __init__(self, host: str, port: int, *, request_timeout: float) -> None:
         self._host, self._port, self._timeout = host, port, request_timeout
-        self._conn = None
-        self._call = None
-        self._cycle = None
+        self._rpyc = None  # the rpyc objects of the connection (see _connect)
+        self._sock: socket.socket | None = None
         self._last_error: tuple[int, str] = (1, "Success")
         self._types: dict[tuple, type] = {}
         try:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = host == "localhost"
-        self._loopback = loopback
         if not loopback:
             log.warning(
                 "rpyc bridge is not on loopback: rpyc classic runs any code sent to it; "
@@ -130,33 +173,65 @@ class RpycTerminal:
         conn = rpyc.classic.connect(self._host, self._port)
         # rpyc's own timeout must be above ours, so ours fires first.
         conn._config["sync_request_timeout"] = self._timeout
-        if self._loopback:
-            # rpyc zlib-compresses every frame over 3 kB, both ways: a poll cycle's ticks, a
-            # history page. On loopback that is CPU on both sides for no bytes saved.
-            conn._channel.compress = False
-            conn.root.getconn()._channel.compress = False
-        conn.execute(_BRIDGE_CODE)
-        conn.namespace["_mt5d_load"](_hop_sources())
-        self._conn, self._call = conn, conn.namespace["_mt5d_call"]
-        self._cycle = conn.namespace["_mt5d_cycle"]
-
-    def _round_trip(self, which: str, *args: Any) -> tuple[Any, tuple[int, str] | None]:
-        """One call into the bridge: (unpickled answer, None), or (None, the
-        ``last_error()`` pair the terminal itself gives for a lost IPC link)."""
         try:
-            if self._call is None:
+            conn.execute(_BRIDGE_CODE)
+            conn.namespace["_mt5d_load"](_hop_sources())
+            # No answer ever comes: the bridge's side of this connection now serves our frames.
+            frames, remote = conn.namespace["_mt5d_frames"], conn.root.getconn()
+            pending = rpyc.async_(frames)(remote)
+            # rpyc must never write on it again: held here (a released netref sends a message),
+            # and closed (rpyc's close would send one, and wait for its answer).
+            self._rpyc = (conn, frames, remote, pending)
+            conn._closed = True
+            sock = conn._channel.stream.sock
+            sock.settimeout(self._timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Both ways, rpyc's last frames (answers to earlier releases) end at a marker.
+            sock.sendall(_MARK_FRAME)
+            while self._rpyc_frame(sock) != _MARK:
+                pass
+        except BaseException:
+            conn._closed = True  # (a close would wait on a bridge that may be the problem)
+            conn._channel.close()
+            self._rpyc = None
+            raise
+        self._sock = sock
+
+    def _round_trip(self, kind: bytes, blob: bytes) -> tuple[Any, tuple[int, str] | None]:
+        """One frame into the bridge and its answer: (unpickled answer, None), or (None,
+        the ``last_error()`` pair the terminal itself gives for a lost IPC link)."""
+        try:
+            if self._sock is None:
                 self._connect()
-            blob = (self._call if which == "call" else self._cycle)(*args)
+            self._sock.sendall(_LENGTH.pack(len(blob) + 1) + kind + blob)
+            size, = _LENGTH.unpack(self._exact(4))
+            answer = self._exact(size)
+        except TimeoutError:  # (before OSError: it is one)
+            self._drop()
+            return None, (-10005, "IPC timeout (bridge)")
         except (OSError, EOFError) as err:
             self._drop()
             return None, (-10004, f"No IPC connection (bridge: {type(err).__name__})")
-        except TimeoutError:
-            self._drop()
-            return None, (-10005, "IPC timeout (bridge)")
-        return pickle.loads(bytes(blob)), None
+        if answer[:1] != b"\x01":
+            raise RuntimeError(f"rpyc bridge: {answer[1:].decode(errors='replace')}")
+        return pickle.loads(answer[1:]), None
+
+    def _rpyc_frame(self, sock: socket.socket) -> bytes:
+        size, _ = _RPYC_HEADER.unpack(self._exact(_RPYC_HEADER.size, sock))
+        return self._exact(size + 1, sock)[:-1]  # (rpyc ends each frame with b"\n")
+
+    def _exact(self, n: int, sock: socket.socket | None = None) -> bytes:
+        sock = sock or self._sock
+        buf = bytearray()
+        while len(buf) < n:
+            got = sock.recv(n - len(buf))
+            if not got:
+                raise EOFError
+            buf += got
+        return bytes(buf)
 
     def _invoke(self, name: str, args: tuple, kwargs: dict) -> Any:
-        answer, lost = self._round_trip("call", pickle.dumps((name, args, tuple(kwargs.items())), protocol=4))
+        answer, lost = self._round_trip(b"c", pickle.dumps((name, args, tuple(kwargs.items())), protocol=4))
         if lost is not None:
             self._last_error = lost
             return None
@@ -168,7 +243,7 @@ class RpycTerminal:
 
         None on a bridge failure, with ``last_error()`` set, like a terminal call.
         """
-        answer, lost = self._round_trip("cycle", pickle.dumps(plan, protocol=4))
+        answer, lost = self._round_trip(b"y", pickle.dumps(plan, protocol=4))
         self._last_error = lost or (1, "Success")
         return answer
 
@@ -182,12 +257,10 @@ class RpycTerminal:
         return result
 
     def _drop(self) -> None:
-        conn, self._conn, self._call, self._cycle = self._conn, None, None, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()  # first: the netrefs' releases below then fail, unsent
+        self._rpyc = None
 
     def last_error(self) -> tuple[int, str]:
         return self._last_error

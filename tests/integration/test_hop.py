@@ -171,9 +171,10 @@ class CountingLink:
         dst.close()
 
 
-def test_on_loopback_the_bridge_sends_its_answers_uncompressed():
-    """rpyc zlib-compresses every frame over 3 kB, both ways; on loopback that is CPU on both
-    sides (a poll cycle's ticks, every history page) for no bytes saved."""
+def test_the_bridge_sends_its_answers_uncompressed():
+    """rpyc zlib-compresses every frame over 3 kB, both ways; the bridge's answers (a poll
+    cycle's ticks, every history page) go in frames of mt5d's own, as they are: on loopback,
+    compression is CPU on both sides for no bytes saved."""
     bridge = RpycBridge(**SIM)
     try:
         link = CountingLink(bridge.port)
