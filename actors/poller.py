@@ -41,6 +41,17 @@ log = logging.getLogger("mt5d.poller")
 
 FETCH_COUNT = 10_000  # ticks per copy_ticks_from; a full fetch is followed by another
 IDLE_AFTER = 1.0  # seconds without a tick before polling at the idle interval
+# With a precise start (``start_at``), the loop wakes this much before a cycle is due and the
+# terminal thread sleeps the rest: a loop's timer fires 0-2 ms late, a different amount each
+# time (epoll counts whole milliseconds), and that jitter stretched some periods to 12 ms.
+EARLY = 0.002
+
+
+def sleep_until_monotonic(deadline: float) -> None:
+    """A precise start on the terminal thread (``time.sleep`` keeps to ~0.1 ms)."""
+    rest = deadline - time.monotonic()
+    if rest > 0:
+        time.sleep(rest)
 
 
 class Poller:
@@ -61,7 +72,9 @@ class Poller:
         books: Books | None = None,
         account=None,  # actors.account.AccountTracker: positions/orders/deals/account in the same hop
         gate=None,  # hot standby: async () -> (term, seed or None); returns while this daemon leads
+        start_at: Callable[[float], None] | None = None,  # on the terminal thread: wait until (monotonic)
     ) -> None:
+        self._start_at = start_at  # None (virtual time): the loop's own timer starts each cycle
         self._books = books  # depth of market: read in the same hop (actors/books.py)
         self._account = account
         self._gate = gate
@@ -93,6 +106,7 @@ class Poller:
         self._newest_max = 0  # the newest tick's broker second, any symbol
         self._untracked: set[str] = set()
         self.last_tick_at: float | None = None  # anyio time of the last new tick
+        self._started = 0.0  # perf_counter at the cycle's start (its terminal hop's, with start_at)
         self.cycles = 0
         self.ticks_out = 0
 
@@ -111,15 +125,14 @@ class Poller:
             # timing from the start adds that to every period, and so to every tick's wait.
             if anyio.current_time() - due > interval:
                 due = anyio.current_time()  # more than a period late (a stall, a gate): afresh
-            t0 = time.perf_counter()
             try:
-                batch = await self.cycle()
+                batch = await self.cycle(due if self._start_at is not None else None)
             except MT5Error as err:
                 # The connection actor logged and counted it; the breaker decides when to retry.
                 log.debug("poll cycle failed", extra={"error": type(err).__name__, "detail": err.message})
                 batch = None
             else:
-                self._tel.poll_cycle(time.perf_counter() - t0)
+                self._tel.poll_cycle(time.perf_counter() - self._started)
             # A batch with only cursors or bars still goes out: it is where capture
             # starts (a symbol's first cursor, a timeframe's first tracked bar), saved on confirm.
             if batch is not None and (batch.ticks or batch.candles or batch.forming or batch.books or batch.account
@@ -131,7 +144,7 @@ class Poller:
                 self.last_tick_at = quiet_since
             interval = self._poll if anyio.current_time() - quiet_since < IDLE_AFTER else self._idle
             due += interval
-            await anyio.sleep_until(due)
+            await anyio.sleep_until(due - EARLY if self._start_at is not None else due)
 
     def reseed(self, cursors: dict[str, TickCursor], bars: dict[tuple[str, str], int]) -> None:
         """Capture goes on from these cursors and last closed bars (the stream's, at a takeover);
@@ -144,8 +157,12 @@ class Poller:
         self._symbols = None
         self._horizon = None
 
-    async def cycle(self) -> Batch:
-        """One hop to the terminal for every symbol; returns what is new."""
+    async def cycle(self, start_at: float | None = None) -> Batch:
+        """One hop to the terminal for every symbol, starting at ``start_at`` (the loop's
+        time) if given; returns what is new."""
+        self._started = time.perf_counter()
+        # The loop's clock may not be time.monotonic (trio's is offset): convert here, on the loop.
+        wake_at = None if start_at is None else time.monotonic() + start_at - anyio.current_time()
         symbols = self._conn.selected_symbols()
         if symbols is not self._symbols:
             self._plan_for(symbols)
@@ -176,6 +193,9 @@ class Poller:
                 ("books", tuple(book_symbols)), ("account", account))
 
         def hop(api: TerminalApi):
+            if wake_at is not None:
+                self._start_at(wake_at)
+                self._started = time.perf_counter()  # (the cycle's time leaves the wait out)
             steps = api.cycle(plan)[0]
             (ticks, tick_errors), (rates, rate_errors), (books, book_errors), (account_read, account_errors) = steps
             # Inside the hop, so that the connection actor counts a failed terminal as a failure.

@@ -18,7 +18,7 @@ from mt5d.actors.books import Books
 from mt5d.actors.connection import AuthGaveUp, Connection, Credentials, StateChange
 from mt5d.actors.health import Health
 from mt5d.actors.messages import Batch
-from mt5d.actors.poller import Poller
+from mt5d.actors.poller import Poller, sleep_until_monotonic
 from mt5d.actors.prices import PriceCache
 from mt5d.actors.publisher import Publisher
 from mt5d.actors.state import StateFile
@@ -137,6 +137,7 @@ class Daemon:
             resume=resume, account=self.tracker,
             books=self.books if cfg.stream.books else None,
             gate=self._gate if self.lease is not None else None,
+            start_at=sleep_until_monotonic,
         )
         self.health = Health(
             conn=self.conn, account=self.account, changes=self._changes_recv, out=self._health_send,

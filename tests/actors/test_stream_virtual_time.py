@@ -7,6 +7,7 @@ history, exactly once and in order, across faults.
 from __future__ import annotations
 
 import calendar
+import time
 from collections import defaultdict
 
 import anyio
@@ -36,7 +37,7 @@ def anyio_backend():
 
 class Rig:
     def __init__(self, base: float, *, faults=(), tps=20.0, symbols=SYMBOLS, timeframes=("M1",), poll=0.05,
-                 gate=None) -> None:
+                 gate=None, start_at=None) -> None:
         self.base = base
         self.wall = lambda: base + anyio.current_time()
         self.sim = SimTerminal(seed=11, clock=self.wall, ticks_per_second=tps, faults=list(faults),
@@ -51,7 +52,8 @@ class Rig:
         )
         self.utc = UtcOffset()
         self.poller = Poller(conn=self.conn, timeframes=timeframes, out=self.out_send, prices=PriceCache(),
-                             utc=self.utc, poll_interval=poll, idle_interval=0.5, wall_clock=self.wall, gate=gate)
+                             utc=self.utc, poll_interval=poll, idle_interval=0.5, wall_clock=self.wall, gate=gate,
+                             start_at=start_at)
         self.ticks = defaultdict(list)
         self.waits_ms: list[float] = []  # from a tick's time to its batch reaching the publisher
         self.candles = []
@@ -125,6 +127,25 @@ async def test_a_late_wake_up_does_not_stretch_the_poll_period():
     assert len(rig.waits_ms) > 3000
     # Cycles at 3, 13, 23 ... ms: no tick waits more than the 10 ms poll (at 3, 16, 29 ...: 13 ms).
     assert max(rig.waits_ms) <= 10.0
+
+
+async def test_with_a_precise_start_the_loop_hands_each_hop_over_early_and_it_starts_on_the_grid():
+    """The loop's timers fire late by a varying amount; so the loop wakes ``EARLY`` before a
+    cycle is due and the terminal thread waits out the rest, to the cycle's due time."""
+    asked = []  # (the loop's time when the hop was handed over, the time it is to start at)
+
+    def start_at(monotonic_deadline: float) -> None:  # (the terminal thread's wait, inline here)
+        now = anyio.current_time()
+        asked.append((now, now + monotonic_deadline - time.monotonic()))
+
+    rig = Rig(BASE, tps=200.0, poll=0.01, start_at=start_at)
+    await rig.run_for(5)
+    for s in SYMBOLS:
+        rig.assert_exactly_once(s)
+    assert len(asked) > 400
+    handed, due = zip(*asked[10:])
+    assert all(abs(b - a - 0.01) < 2e-4 for a, b in zip(due, due[1:]))  # a fixed 10 ms grid
+    assert all(abs(d - h - poller_mod.EARLY) < 2e-4 for h, d in zip(handed, due))  # handed over early
 
 
 async def test_more_ticks_than_one_fetch_returns(monkeypatch):
