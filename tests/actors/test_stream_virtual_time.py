@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import calendar
 import time
+from types import SimpleNamespace
 from collections import defaultdict
 
 import anyio
@@ -129,23 +130,25 @@ async def test_a_late_wake_up_does_not_stretch_the_poll_period():
     assert max(rig.waits_ms) <= 10.0
 
 
-async def test_with_a_precise_start_the_loop_hands_each_hop_over_early_and_it_starts_on_the_grid():
+async def test_with_a_precise_start_the_loop_hands_each_hop_over_early_and_it_starts_on_the_grid(monkeypatch):
     """The loop's timers fire late by a varying amount; so the loop wakes ``EARLY`` before a
     cycle is due and the terminal thread waits out the rest, to the cycle's due time."""
     asked = []  # (the loop's time when the hop was handed over, the time it is to start at)
 
-    def start_at(monotonic_deadline: float) -> None:  # (the terminal thread's wait, inline here)
-        now = anyio.current_time()
-        asked.append((now, now + monotonic_deadline - time.monotonic()))
+    def start_at(deadline: float) -> None:  # (the terminal thread's wait, inline here)
+        asked.append((anyio.current_time(), deadline))
 
+    # The poller's monotonic clock is the virtual one here (it converts the loop's time to it).
+    monkeypatch.setattr(poller_mod, "time", SimpleNamespace(monotonic=anyio.current_time,
+                                                             perf_counter=time.perf_counter))
     rig = Rig(BASE, tps=200.0, poll=0.01, start_at=start_at)
     await rig.run_for(5)
     for s in SYMBOLS:
         rig.assert_exactly_once(s)
     assert len(asked) > 400
     handed, due = zip(*asked[10:])
-    assert all(abs(b - a - 0.01) < 2e-4 for a, b in zip(due, due[1:]))  # a fixed 10 ms grid
-    assert all(abs(d - h - poller_mod.EARLY) < 2e-4 for h, d in zip(handed, due))  # handed over early
+    assert all(abs(b - a - 0.01) < 1e-9 for a, b in zip(due, due[1:]))  # a fixed 10 ms grid
+    assert all(abs(d - h - poller_mod.EARLY) < 1e-9 for h, d in zip(handed, due))  # handed over early
 
 
 async def test_more_ticks_than_one_fetch_returns(monkeypatch):
