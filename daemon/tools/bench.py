@@ -4,10 +4,12 @@ Every phase runs the daemon as a child process (so its CPU and memory are its
 own) with the sim terminal, against an embedded nats-server, and a nats-py
 subscriber in this process receiving what it publishes:
 
-- saturation: a sim producing more ticks than can be published; ticks/s that
+- saturation: a sim offering 170,000 ticks/s (about what one Python subscriber
+  takes; more, and the server cuts it off as a slow consumer); ticks/s that
   reach the subscriber and daemon CPU per tick, next to a raw nats-py loop
   publishing pre-encoded payloads of the same size through the same server to
-  the same subscriber (the ratio is the daemon's efficiency);
+  the same subscriber (the ratio is the daemon's efficiency). The sim's cache
+  holds two minutes of those ticks: ~1 GB in that daemon child;
 - realistic: 50 symbols, 10,000 ticks/s in all, 10 ms poll: CPU % (and the
   daemon's own share, without the CPU inside the terminal's functions), latency
   from a tick's time in the terminal to its receipt, RSS;
