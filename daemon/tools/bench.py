@@ -20,7 +20,9 @@ subscriber in this process receiving what it publishes:
   10 ms) at the same load, in its own process: its CPU and what it delivers;
 - floor: what any design pays at that load before it builds a tick, in a
   process of its own: waking every 10 ms, then writing the PUB lines of 100
-  ticks at each wake, then a no-op terminal-thread round trip before the write;
+  ticks at each wake, then a no-op terminal-thread round trip before the write,
+  then a bridge's round trip instead (loopback TCP to another process, a poll
+  cycle's plan out and its answer back);
 - idle: 50 symbols (10 of them with a book), no ticks, 10 ms poll: CPU %, with
   account tracking on (the default) and off;
 - books: 10 symbols with a 10-level book each, 10 ticks/s (so 10 book
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -424,13 +427,34 @@ def _naive_main(url: str) -> int:
     return 0
 
 
-FLOOR_MODES = ("wake", "write", "hop_write")
+FLOOR_MODES = ("wake", "write", "hop_write", "bridge_write")
+# bridge_write: the terminal thread's round trip is a poll cycle's over the rpyc bridge instead,
+# a plan out and its answer back, sizes as measured at the realistic load (a peer process echoes).
+BRIDGE_ASK, BRIDGE_ANSWER = 1536, 7168
+_BRIDGE_PEER = f"""
+import socket
+server = socket.create_server(("127.0.0.1", 0))
+print(server.getsockname()[1], flush=True)
+conn, _ = server.accept()
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+answer = bytes({BRIDGE_ANSWER})
+while True:
+    got = 0
+    while got < {BRIDGE_ASK}:
+        chunk = conn.recv({BRIDGE_ASK} - got)
+        if not chunk:
+            raise SystemExit
+        got += len(chunk)
+    conn.sendall(answer)
+"""
 
 
 async def phase_floor(url: str, seconds: float) -> dict:
     """What any design pays at the realistic load before it builds one tick: a process that wakes
     every 10 ms (``wake``), and writes the PUB lines of a cycle's 100 ticks to NATS at each wake
-    (``write``), after a no-op round trip through a terminal thread (``hop_write``). Process CPU."""
+    (``write``), after a no-op round trip through a terminal thread (``hop_write``), or after a
+    terminal-thread round trip that is a bridge's (``bridge_write``: a loopback TCP round trip to
+    another process, a poll cycle's plan out and its answer back). Process CPU."""
     rx = await Receiver().start(url, SUBJECTS.all_ticks())
     out = {}
     try:
@@ -454,7 +478,19 @@ def _floor_main(url: str, mode: str, seconds: float) -> int:
     blob = b"".join(b"PUB %b %d\r\n%b\r\n" % (SUBJECTS.tick(t.symbol).encode(), len(d), d)
                     for t in ticks for d in [codec.encode(t)])
     thread = TerminalThread()
-    noop = lambda: None  # noqa: E731
+    call = lambda: None  # noqa: E731
+    peer = None
+    if mode == "bridge_write":
+        peer = subprocess.Popen([sys.executable, "-c", _BRIDGE_PEER], stdout=subprocess.PIPE, text=True)
+        sock = socket.create_connection(("127.0.0.1", int(peer.stdout.readline())))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ask = bytes(BRIDGE_ASK)
+
+        def call() -> None:
+            sock.sendall(ask)
+            got = 0
+            while got < BRIDGE_ANSWER:
+                got += len(sock.recv(BRIDGE_ANSWER - got))
 
     async def main() -> float:
         nc = await open_nats(url)
@@ -462,8 +498,8 @@ def _floor_main(url: str, mode: str, seconds: float) -> int:
         c0, t0 = time.process_time(), time.perf_counter()
         due = t0
         while time.perf_counter() - t0 < seconds:
-            if mode == "hop_write":
-                await thread.call(noop, 5.0)
+            if mode in ("hop_write", "bridge_write"):
+                await thread.call(call, 5.0)
             if mode != "wake":
                 await nc._send_command(blob)
                 await nc._flush_pending()
@@ -475,6 +511,8 @@ def _floor_main(url: str, mode: str, seconds: float) -> int:
 
     print(msgspec.json.encode({"cpu_pct": round(anyio.run(main), 2)}).decode(), flush=True)
     thread.stop()
+    if peer is not None:
+        peer.kill()
     return 0
 
 
@@ -1055,6 +1093,8 @@ def _table(r: dict) -> str:
         ("naive loop: ticks/s delivered", g("naive_ticks_per_s")),
         ("floor CPU %: a wake every 10 ms / + one write of 100 ticks / + a terminal-thread round trip",
          f'{g("floor_wake_cpu_pct")} / {g("floor_write_cpu_pct")} / {g("floor_hop_write_cpu_pct")}'),
+        ("floor CPU %: the round trip a bridge's instead (1.5 kB out, 7 kB back, loopback TCP)",
+         g("floor_bridge_write_cpu_pct")),
         ("RSS MB / growth % (target < 5)", f'{r["rss_mb"]} / {r["rss_growth_pct"]} over {r["rss_window_s"]} s'),
         ("idle: CPU % with account tracking (10 of 50 symbols with books; target <= 2)", r["idle_cpu_pct"]),
         ("idle: CPU % without account tracking", r["idle_cpu_pct_no_account"]),
