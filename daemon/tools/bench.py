@@ -845,8 +845,9 @@ async def phase_cycle(cycles: int = 300, runs: int = 7) -> dict:
     from mt5d.daemon.terminal.sim import SimTerminal, synthetic_symbols
     from mt5d.daemon.terminal.thread import TerminalThread
 
-    async def one(inline: bool) -> SimpleNamespace:
-        clock = [float(int(time.time()))]
+    async def one(inline: bool, opcodes: int = 0) -> SimpleNamespace:
+        # 10 s into a minute: no run crosses one (the sim makes each minute at its first look).
+        clock = [float(int(time.time()) // 60 * 60 + 10)]
         symbols = list(synthetic_symbols(SYMBOLS_50))
         sim = SimTerminal(seed=7, ticks_per_second=200.0, symbols=symbols, clock=lambda: clock[0])
         timed = _TimedTerminal(sim)
@@ -861,7 +862,7 @@ async def phase_cycle(cycles: int = 300, runs: int = 7) -> dict:
         _, health = anyio.create_memory_object_stream(1)
         publisher = Publisher(nc=nats.NATS(), subjects=Subjects(DEFAULT_PREFIX, ACCOUNT), codec=Codec("json"),
                               batches=batches, health=health)
-        got = SimpleNamespace(cycle=0.0, terminal=0.0, messages=0.0, ticks=0, hop=0.0)
+        got = SimpleNamespace(cycle=0.0, terminal=0.0, messages=0.0, ticks=0, hop=0.0, opcodes=None)
         async with anyio.create_task_group() as tg:
             await tg.start(conn.run)
             if not inline:  # the thread hop alone: a no-op call through a real terminal thread
@@ -877,6 +878,10 @@ async def phase_cycle(cycles: int = 300, runs: int = 7) -> dict:
             for _ in range(20):  # warm up: cursors and bar trackers in place
                 clock[0] += 0.01
                 await poller.cycle()
+            if opcodes:
+                got.opcodes = await _count_opcodes(opcodes, poller, publisher, clock)
+                tg.cancel_scope.cancel()
+                return got
             per_call, inside = _TimedTerminal.overhead()
             for _ in range(cycles):
                 clock[0] += 0.01
@@ -894,6 +899,7 @@ async def phase_cycle(cycles: int = 300, runs: int = 7) -> dict:
 
     runs_ = [await one(True) for _ in range(runs)]
     hops = [(await one(False)).hop for _ in range(3)]
+    own_ops, sim_ops, ticks = (await one(True, opcodes=50)).opcodes
     us = lambda v: round(v / cycles * 1e6, 1)  # noqa: E731
     return {
         "cycle_ticks": round(runs_[0].ticks / cycles, 1),
@@ -902,7 +908,43 @@ async def phase_cycle(cycles: int = 300, runs: int = 7) -> dict:
         "cycle_own_us": min(us(r.cycle - r.terminal) for r in runs_),
         "cycle_messages_us": min(us(r.messages) for r in runs_),
         "run_call_thread_us": round(min(hops) * 1e6, 1),
+        "cycle_own_opcodes": own_ops, "cycle_terminal_opcodes": sim_ops, "cycle_opcodes_ticks": ticks,
     }
+
+
+async def _count_opcodes(cycles: int, poller, publisher, clock: list[float]) -> tuple[int, int, float]:
+    """Python opcodes per poll cycle (and its encoding), the daemon's own and those inside the
+    terminal's functions, and the ticks per cycle: the same work gives the same count on any
+    machine at any load, so a change's effect on the Python work shows without repeats (the
+    work in C, numpy, msgspec and the kernel, is not in it)."""
+    counts = {"own": 0, "terminal": 0}
+    sim_dir = os.sep + os.path.join("terminal", "sim") + os.sep
+
+    def tracer(frame, event, arg):
+        name = frame.f_code.co_filename
+        # The bench's own counting wrapper (_TimedTerminal) is the instrument's: left out.
+        kind = "terminal" if sim_dir in name else None if name == __file__ else "own"
+        if kind is None:
+            return None
+        frame.f_trace_opcodes = True
+
+        def local(frame, event, arg):
+            if event == "opcode":
+                counts[kind] += 1
+            return local
+        return local
+
+    ticks = 0
+    for _ in range(cycles):
+        clock[0] += 0.01
+        sys.settrace(tracer)  # (this thread: the terminal runs inline here)
+        try:
+            batch = await poller.cycle()
+            publisher.encode_batch(batch)
+        finally:
+            sys.settrace(None)
+        ticks += len(batch.ticks)
+    return round(counts["own"] / cycles), round(counts["terminal"] / cycles), round(ticks / cycles, 1)
 
 
 # ---- terminal call costs ------------------------------------------------------------
@@ -1120,6 +1162,8 @@ def _table(r: dict) -> str:
          ' / own', f'{r["cycle_us"]} / {r["cycle_terminal_us"]} / {r["cycle_own_us"]} (min of 7)'),
         ("the cycle's PUB lines µs / a run_call round trip through the terminal thread µs (process CPU)",
          f'{r["cycle_messages_us"]} / {r["run_call_thread_us"]}'),
+        (f'one poll cycle and its PUB lines, Python opcodes ({r["cycle_opcodes_ticks"]} ticks): own / in terminal'
+         ' functions (any machine: no noise)', f'{r["cycle_own_opcodes"]} / {r["cycle_terminal_opcodes"]}'),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
