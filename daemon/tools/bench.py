@@ -919,13 +919,17 @@ async def _count_opcodes(cycles: int, poller, publisher, clock: list[float]) -> 
     work in C, numpy, msgspec and the kernel, is not in it)."""
     counts = {"own": 0, "terminal": 0}
     sim_dir = os.sep + os.path.join("terminal", "sim") + os.sep
+    root = str(Path(__file__).resolve().parents[2])  # the mt5d package's
 
     def tracer(frame, event, arg):
         name = frame.f_code.co_filename
-        # The bench's own counting wrapper (_TimedTerminal) is the instrument's: left out.
-        kind = "terminal" if sim_dir in name else None if name == __file__ else "own"
-        if kind is None:
-            return None
+        if name == __file__:
+            return None  # the bench's own counting wrapper (_TimedTerminal): the instrument's
+        # A library's code (numpy's, say) counts as its nearest mt5d caller's.
+        f = frame
+        while f is not None and (not f.f_code.co_filename.startswith(root) or "site-packages" in f.f_code.co_filename):
+            f = f.f_back
+        kind = "terminal" if f is not None and sim_dir in f.f_code.co_filename else "own"
         frame.f_trace_opcodes = True
 
         def local(frame, event, arg):
