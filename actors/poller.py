@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from mt5d.actors.books import Books, book_reads
 from mt5d.actors.logic.bars import CandleTracker, bar_end, bar_start
-from mt5d.actors.logic.history import candles_from_rates, tick_rows, ticks_from_rows
+from mt5d.actors.logic.history import candles_from_rates, has_nan, tick_rows, ticks_from_rows
 from mt5d.actors.connection import Connection
 from mt5d.actors.logic.cursor import TickCursor
 from mt5d.actors.messages import Batch, send
@@ -255,6 +255,7 @@ class Poller:
         out = batch.ticks
         pos = 0
         fetched = tick_rows(arr) if arr is not None else []
+        check_nan = arr is not None and has_nan(arr)
         for i, n, last_msc, seen, is_start in rows:
             symbol = symbols[i]
             before = self._plan_cursors[i]
@@ -271,8 +272,7 @@ class Poller:
                 batch.cursors[symbol] = cursor  # where capture starts, saved from the start
                 continue
             batch.cursors[symbol] = cursor
-            fresh_ticks, nan = ticks_from_rows(symbol, fetched[pos:pos + n], TickCursor(*before[:2]) if before else None,
-                                               off)
+            fresh_ticks, nan = ticks_from_rows(symbol, fetched[pos:pos + n], before, off, check_nan)
             pos += n
             if nan:
                 log.error("terminal returned ticks with NaN prices; skipped",

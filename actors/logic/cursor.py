@@ -24,22 +24,24 @@ class TickCursor(NamedTuple):  # a tuple: built for every moved symbol every cyc
         return self.last_msc // 1000
 
 
-def new_ticks(ticks: np.ndarray, cursor: TickCursor) -> tuple[np.ndarray, TickCursor]:
-    """The unpublished part of ``ticks`` (sorted by time_msc, fetched from
-    ``cursor.from_second``) and the cursor after publishing it."""
+def new_ticks(ticks: np.ndarray, cursor: tuple[int, int]) -> tuple[np.ndarray, TickCursor]:
+    """The unpublished part of ``ticks`` (sorted by time_msc, fetched from the cursor's
+    second) and the cursor after publishing it. ``cursor`` is a ``TickCursor`` or any tuple
+    that starts ``(last_msc, seen)`` (the poll plan's; no cursor is built for the call)."""
     n = len(ticks)
     if not n:
         return ticks, cursor
+    last_msc, seen = cursor[0], cursor[1]
     msc = ticks["time_msc"]
     last = msc[-1]
     # One search for three bounds (the field is strided: each search copies it): the first
     # tick at the cursor's millisecond, the first after it, the first at the newest one.
-    start, after, newest = msc.searchsorted((cursor.last_msc, cursor.last_msc + 1, last)).tolist()
-    skip = start + min(cursor.seen, after - start)  # skip the ones already seen
+    start, after, newest = msc.searchsorted((last_msc, last_msc + 1, last)).tolist()
+    skip = start + min(seen, after - start)  # skip the ones already seen
     if skip == n:
         return ticks[n:], cursor
     fresh = ticks[skip:]
     last = int(last)
-    if last == cursor.last_msc:
-        return fresh, TickCursor(last, cursor.seen + len(fresh))
+    if last == last_msc:
+        return fresh, TickCursor(last, seen + len(fresh))
     return fresh, TickCursor(last, n - newest)

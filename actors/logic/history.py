@@ -21,7 +21,7 @@ from mt5d.daemon.terminal.mt5_constants import COPY_TICKS_ALL, RATE_DTYPE, TICK_
 from mt5d.account import Deal, Order, Position
 from mt5d.market import Candle, Tick
 
-__all__ = ["ticks_from_array", "ticks_from_rows", "tick_rows", "candles_from_rates", "fetch_ticks", "fetch_bars",
+__all__ = ["ticks_from_array", "ticks_from_rows", "tick_rows", "has_nan", "candles_from_rates", "fetch_ticks", "fetch_bars",
            "HopSize", "timed", "HOP_SECONDS", "FIRST_FETCH", "position_from_mt5", "order_from_mt5", "deal_from_mt5"]
 
 # A history hop on the terminal thread takes about this long (its size adapts to the terminal).
@@ -55,20 +55,29 @@ def ticks_from_array(symbol: str, fresh: np.ndarray, after: TickCursor | None,
     return ticks_from_rows(symbol, tick_rows(fresh), after, off_ms)
 
 
-def ticks_from_rows(symbol: str, rows: list, after: TickCursor | None, off_ms: int) -> tuple[list[Tick], int]:
-    """``ticks_from_array`` of ``tick_rows(array)`` (made once for a cycle's joined array)."""
-    prev_msc, k = (after.last_msc, after.seen - 1) if after else (-1, -1)
+def ticks_from_rows(symbol: str, rows: list, after: tuple[int, int] | None, off_ms: int,
+                    check_nan: bool = True) -> tuple[list[Tick], int]:
+    """``ticks_from_array`` of ``tick_rows(array)`` (made once for a cycle's joined array);
+    ``after`` a ``TickCursor`` or a tuple that starts ``(last_msc, seen)``; ``check_nan``
+    False: the caller knows that no price is NaN."""
+    prev_msc, k = (after[0], after[1] - 1) if after else (-1, -1)
     out: list[Tick] = []
+    append = out.append
     nan = 0
     for bid, ask, last, volume, msc, flags, volume_real in rows:
         k = k + 1 if msc == prev_msc else 0
         prev_msc = msc
-        if not (bid == bid and ask == ask and last == last):
+        if check_nan and not (bid == bid and ask == ask and last == last):
             nan += 1
             continue
-        out.append(Tick(symbol=symbol, time_msc_broker=msc, time_utc_ms=msc - off_ms, bid=bid, ask=ask,
-                        last=last, volume=volume, volume_real=volume_real, flags=flags, index_in_ms=k))
+        append(Tick(symbol=symbol, time_msc_broker=msc, time_utc_ms=msc - off_ms, bid=bid, ask=ask,
+                    last=last, volume=volume, volume_real=volume_real, flags=flags, index_in_ms=k))
     return out, nan
+
+
+def has_nan(arr: np.ndarray) -> bool:
+    """Whether any of ``arr``'s ticks has a NaN price (one pass for a whole cycle's ticks)."""
+    return bool(np.isnan(arr["bid"]).any() or np.isnan(arr["ask"]).any() or np.isnan(arr["last"]).any())
 
 
 def candles_from_rates(symbol: str, tf: str, rates: np.ndarray, off_ms: int, closed: bool = True) -> list[Candle]:

@@ -87,7 +87,7 @@ def ticks(mt5, timed, args):
         if arr is None:
             errors.append((i, symbol, "copy_ticks_from", *last_error()))
             continue
-        if not _is(arr, TICK_FIELDS):
+        if not (isinstance(arr, _np.ndarray) and arr.dtype.names == TICK_FIELDS):  # (_is, inline: per symbol)
             errors.append((i, symbol, "copy_ticks_from", None, "unexpected result type"))
             continue
         if c is None:
@@ -96,9 +96,9 @@ def ticks(mt5, timed, args):
                 start = TickCursor(latest_msc, 1)
             rows.append((i, 0, start.last_msc, start.seen, True))
             continue
-        fresh, cursor = new_ticks(arr, TickCursor(c[0], c[1]))
+        fresh, cursor = new_ticks(arr, c)
         if len(arr) >= count:  # a full fetch: there is more (rare; one symbol at a time)
-            more, cursor, failed = _fetch_since(mt5, symbol, cursor, count)
+            more, cursor, failed = _fetch_since(mt5, symbol, TickCursor(*cursor[:2]), count)
             if failed:
                 errors.append((i, symbol, *failed))
                 continue
