@@ -38,7 +38,7 @@ def anyio_backend():
 
 class Rig:
     def __init__(self, base: float, *, faults=(), tps=20.0, symbols=SYMBOLS, timeframes=("M1",), poll=0.05,
-                 gate=None, start_at=None) -> None:
+                 gate=None, start_at=None, wrap=None) -> None:
         self.base = base
         self.wall = lambda: base + anyio.current_time()
         self.sim = SimTerminal(seed=11, clock=self.wall, ticks_per_second=tps, faults=list(faults),
@@ -46,7 +46,7 @@ class Rig:
         self.changes_send, self.changes_recv = anyio.create_memory_object_stream[StateChange](1000)
         self.out_send, self.out_recv = anyio.create_memory_object_stream[Batch](4)
         self.conn = Connection(
-            module=self.sim, credentials=Credentials(login=10001234, password=None, server="", path=""),
+            module=wrap(self.sim) if wrap else self.sim, credentials=Credentials(login=10001234, password=None, server="", path=""),
             symbols=symbols, policy=BreakerPolicy(max_failures=2, backoff_base_seconds=2.0, backoff_max_seconds=8.0),
             connection_timeout=5.0, operation_timeout=5.0, events=self.changes_send,
             thread=TerminalThread(inline=True), rand=lambda: 0.5,
@@ -81,7 +81,8 @@ class Rig:
         async for change in self.changes_recv:
             self.changes.append(change.event)
 
-    def assert_exactly_once(self, symbol: str) -> None:
+    def assert_exactly_once(self, symbol: str, dropped=lambda msc: False) -> None:
+        """The published ticks are the terminal's history (but the ``dropped`` ones) once, in order."""
         got = self.ticks[symbol]
         assert got, f"no ticks for {symbol}"
         first, last = got[0].time_msc_broker, got[-1].time_msc_broker
@@ -90,11 +91,13 @@ class Rig:
                     if first <= m <= last]
         seen = [(t.time_msc_broker, t.bid, t.ask) for t in got]
         start = expected.index(seen[0])
-        assert seen == expected[start:], f"{symbol}: {len(seen)} published vs {len(expected) - start} in history"
-        # (symbol, time_msc, index_in_ms) identifies a tick: its position among the ticks of its millisecond.
+        # (symbol, time_msc, index_in_ms) identifies a tick: its position among the ticks of its
+        # millisecond (a dropped tick keeps its place).
         mscs = [m for m, _, _ in expected]
-        for t, pos in zip(got, range(start, len(expected))):
-            assert t.index_in_ms == pos - mscs.index(mscs[pos])
+        kept = [(row, pos - mscs.index(mscs[pos])) for pos, row in enumerate(expected)
+                if pos >= start and not dropped(row[0])]
+        assert seen == [row for row, _ in kept], f"{symbol}: {len(seen)} published vs {len(kept)} in history"
+        assert [t.index_in_ms for t in got] == [k for _, k in kept]
 
 
 BASE = calendar.timegm((2026, 3, 10, 9, 0, 0))
@@ -110,6 +113,35 @@ async def test_every_tick_once_in_order_with_shared_milliseconds():
     assert shared > 10  # the sim puts several ticks in one millisecond
     # Winter: UTC+2.
     assert all(t.time_msc_broker - t.time_utc_ms == 7_200_000 for t in rig.ticks["EURUSD"])
+
+
+class NanPrices:
+    """The terminal, its history with a NaN bid in every tick at a millisecond divisible by 7
+    (a result that makes no sense): the poller must leave those out and lose no other."""
+
+    def __init__(self, sim) -> None:
+        self._sim = sim
+
+    def __getattr__(self, name):
+        return getattr(self._sim, name)
+
+    def copy_ticks_from(self, *args):
+        arr = self._sim.copy_ticks_from(*args)
+        if arr is not None:
+            arr = arr.copy()
+            arr["bid"][arr["time_msc"] % 7 == 0] = float("nan")
+        return arr
+
+
+async def test_ticks_with_nan_prices_are_left_out_logged_and_the_rest_go_on(caplog):
+    rig = Rig(BASE, tps=50.0, wrap=NanPrices)
+    await rig.run_for(10)
+    for s in SYMBOLS:
+        rig.assert_exactly_once(s, dropped=lambda msc: msc % 7 == 0)
+    got = [r for r in caplog.records if r.getMessage() == "terminal returned ticks with NaN prices; skipped"]
+    left_out = sum(r.count for r in got)
+    assert left_out > 50 and {r.symbol for r in got} == set(SYMBOLS)
+    assert all(t.bid == t.bid for ticks in rig.ticks.values() for t in ticks)
 
 
 async def test_a_late_wake_up_does_not_stretch_the_poll_period():
