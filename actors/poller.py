@@ -256,30 +256,31 @@ class Poller:
         pos = 0
         fetched = tick_rows(arr) if arr is not None else []
         check_nan = arr is not None and has_nan(arr)
+        # (locals: this runs for every symbol that moved, every cycle)
+        cursors, plan, newest_s, saved, newest = self.cursors, self._plan_cursors, self._newest_s, batch.cursors, {}
         for i, n, last_msc, seen, is_start in rows:
             symbol = symbols[i]
-            before = self._plan_cursors[i]
-            cursor = TickCursor(last_msc, seen)
-            self.cursors[symbol] = cursor
-            self._plan_cursors[i] = (last_msc, seen, not is_start)
-            self._moved = True
-            self._newest_s[symbol] = last_msc // 1000
-            if last_msc // 1000 > self._newest_max:
-                self._newest_max = last_msc // 1000
+            before = plan[i]
+            cursors[symbol] = saved[symbol] = TickCursor(last_msc, seen)  # (a start's: where capture starts)
+            plan[i] = (last_msc, seen, not is_start)
+            newest_s[symbol] = last_msc // 1000
             if is_start:
                 if not self.utc.known and last_msc:
                     self.utc.observe(last_msc, wall_ms)
-                batch.cursors[symbol] = cursor  # where capture starts, saved from the start
                 continue
-            batch.cursors[symbol] = cursor
             fresh_ticks, nan = ticks_from_rows(symbol, fetched[pos:pos + n], before, off, check_nan)
             pos += n
             if nan:
                 log.error("terminal returned ticks with NaN prices; skipped",
                           extra={"symbol": symbol, "count": nan, "error": "MT5DataError"})
             if fresh_ticks:
-                out.extend(fresh_ticks)
-                self._prices.update(fresh_ticks[-1])
+                out += fresh_ticks
+                newest[symbol] = fresh_ticks[-1]
+        if rows:
+            self._moved = True
+            self._newest_max = max(self._newest_max, max(newest_s[symbols[r[0]]] for r in rows))
+        if newest:
+            self._prices.update_all(newest.values())
         bad.extend((symbols[i], err.message) for i, _, err in tick_errors)
         now_broker_s = (wall_ms + off) // 1000
         if bars:

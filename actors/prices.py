@@ -20,6 +20,14 @@ class PriceCache:
         self._latest[tick.symbol] = (tick, now)
         self.last_update = now
 
+    def update_all(self, ticks) -> None:
+        """``update`` for each of ``ticks`` (one symbol each: a poll cycle's newest), at one time."""
+        now = self._clock()
+        latest = self._latest
+        for tick in ticks:
+            latest[tick.symbol] = (tick, now)
+        self.last_update = now
+
     def get(self, symbol: str) -> tuple[Tick, float] | None:
         """The newest tick of ``symbol`` and when it was received (monotonic)."""
         return self._latest.get(symbol)
