@@ -278,7 +278,7 @@ class Poller:
                 newest[symbol] = fresh_ticks[-1]
         if rows:
             self._moved = True
-            self._newest_max = max(self._newest_max, max(newest_s[symbols[r[0]]] for r in rows))
+            self._newest_max = max(self._newest_max, max(r[2] for r in rows) // 1000)
         if newest:
             self._prices.update_all(newest.values())
         bad.extend((symbols[i], err.message) for i, _, err in tick_errors)

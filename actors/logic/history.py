@@ -21,8 +21,8 @@ from mt5d.daemon.terminal.mt5_constants import COPY_TICKS_ALL, RATE_DTYPE, TICK_
 from mt5d.account import Deal, Order, Position
 from mt5d.market import Candle, Tick
 
-__all__ = ["ticks_from_array", "ticks_from_rows", "tick_rows", "has_nan", "candles_from_rates", "fetch_ticks", "fetch_bars",
-           "HopSize", "timed", "HOP_SECONDS", "FIRST_FETCH", "position_from_mt5", "order_from_mt5", "deal_from_mt5"]
+__all__ = ["ticks_from_array", "ticks_from_rows", "tick_rows", "has_nan", "candles_from_rates", "fetch_ticks",
+           "fetch_bars", "HopSize", "timed", "HOP_SECONDS", "FIRST_FETCH", "position_from_mt5", "order_from_mt5", "deal_from_mt5"]
 
 # A history hop on the terminal thread takes about this long (its size adapts to the terminal).
 HOP_SECONDS = 0.01

@@ -39,6 +39,11 @@ subscriber in this process receiving what it publishes:
   5 times: time from the kill to the first tick from the new leader (p50,
   max), ticks lost and duplicates stored (the stream vs the sim's history).
 
+And one poll cycle on a virtual clock (``phase_cycle``): its CPU in µs, and the
+Python opcodes it runs (own, and inside the terminal's functions). The count is the
+same on any machine at any load: a change's effect on the daemon's Python work
+shows in one run, where CPU figures on a shared machine need paired repeats.
+
 Saturation, realistic (both), naive and floor run ``REPEATS`` times: each figure is
 the median, with ``<key>_min`` and ``<key>_max`` beside it.
 
