@@ -924,7 +924,10 @@ async def _count_opcodes(cycles: int, poller, publisher, clock: list[float]) -> 
     work in C, numpy, msgspec and the kernel, is not in it)."""
     counts = {"own": 0, "terminal": 0}
     sim_dir = os.sep + os.path.join("terminal", "sim") + os.sep
-    root = str(Path(__file__).resolve().parents[2])  # the mt5d package's
+    root = str(Path(__file__).resolve().parents[2]) + os.sep  # the mt5d package's
+
+    def ours(name: str) -> bool:  # (a checkout may hold its venv: its libraries are not ours)
+        return name.startswith(root) and "site-packages" not in name[len(root):]
 
     def tracer(frame, event, arg):
         name = frame.f_code.co_filename
@@ -932,7 +935,7 @@ async def _count_opcodes(cycles: int, poller, publisher, clock: list[float]) -> 
             return None  # the bench's own counting wrapper (_TimedTerminal): the instrument's
         # A library's code (numpy's, say) counts as its nearest mt5d caller's.
         f = frame
-        while f is not None and (not f.f_code.co_filename.startswith(root) or "site-packages" in f.f_code.co_filename):
+        while f is not None and not ours(f.f_code.co_filename):
             f = f.f_back
         kind = "terminal" if f is not None and sim_dir in f.f_code.co_filename else "own"
         frame.f_trace_opcodes = True
