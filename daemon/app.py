@@ -210,7 +210,8 @@ class Daemon:
         holder: dict[str, Publisher] = {}
 
         async def disconnected() -> None:
-            if "p" in holder:
+            # Closed is only ever our own stop (reconnects are unlimited): nothing is being held.
+            if "p" in holder and not self.nc.is_closed:
                 await holder["p"].on_disconnected()
 
         async def reconnected() -> None:

@@ -141,6 +141,10 @@ def test_run_stops_cleanly_on_signal_with_embedded_server(tmp_path, signum):
     lines += rest.splitlines()
     assert proc.returncode == 0, "".join(lines[-5:])
     assert "Traceback" not in "".join(lines)
+    # A stop asked for is no fault: nothing on the way out warns (say, of a lost NATS link).
+    stopping = [msgspec.json.decode(line) for line in rest.splitlines() if line.startswith("{")]
+    assert any(r.get("event") == "mt5d stopped" for r in stopping)
+    assert not [r for r in stopping if r.get("level") in ("WARNING", "ERROR", "CRITICAL")], rest
     # The daemon stops and reaps its nats-server child before it exits.
     with pytest.raises(ProcessLookupError):
         os.kill(server_pid, 0)
