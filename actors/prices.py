@@ -16,12 +16,10 @@ class PriceCache:
         self.last_update = 0.0
 
     def update(self, tick: Tick) -> None:
-        now = self._clock()
-        self._latest[tick.symbol] = (tick, now)
-        self.last_update = now
+        self.update_all((tick,))
 
     def update_all(self, ticks) -> None:
-        """``update`` for each of ``ticks`` (one symbol each: a poll cycle's newest), at one time."""
+        """Store ``ticks`` (at most one per symbol: a poll cycle's newest) as their symbols' newest, received now."""
         now = self._clock()
         latest = self._latest
         for tick in ticks:
