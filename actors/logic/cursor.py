@@ -24,10 +24,12 @@ class TickCursor(NamedTuple):  # a tuple: built for every moved symbol every cyc
         return self.last_msc // 1000
 
 
-def new_ticks(ticks: np.ndarray, cursor: tuple[int, int]) -> tuple[np.ndarray, TickCursor]:
+def new_ticks(ticks: np.ndarray, cursor: tuple) -> tuple[np.ndarray, tuple]:
     """The unpublished part of ``ticks`` (sorted by time_msc, fetched from the cursor's
     second) and the cursor after publishing it. ``cursor`` is a ``TickCursor`` or any tuple
-    that starts ``(last_msc, seen)`` (the poll plan's; no cursor is built for the call)."""
+    that starts ``(last_msc, seen)`` (the poll plan's; no cursor is built for the call).
+    With something new the cursor returned is a ``TickCursor``; with nothing new it is the
+    one given, as given (so a caller that keeps it makes it a ``TickCursor`` itself)."""
     n = len(ticks)
     if not n:
         return ticks, cursor
